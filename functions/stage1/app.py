@@ -1,0 +1,33 @@
+"""Stage-1 Lambda function: the scoring API (FastAPI), served through Mangum.
+
+Locally the same ``app`` runs under uvicorn: ``uvicorn functions.stage1.app:app``.
+The bundle and the audit engine are loaded once, when the module is imported (the
+Lambda init phase), and reused by every invocation of the container.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from mangum import Mangum
+
+from fraudscore.api.app import create_app
+from fraudscore.observability import logger
+from fraudscore.runtime import Runtime
+from fraudscore.settings import Settings
+
+settings = Settings.from_env()
+runtime = Runtime.start(settings)
+app = create_app(runtime)
+
+# lifespan="off": the runtime is built above, at import, so there is no startup hook
+# for Mangum to run on every invocation.
+_mangum = Mangum(app, lifespan="off", api_gateway_base_path=settings.api_base_path or "/")
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """Lambda entry point for API Gateway HTTP API (payload format 2.0) events."""
+    return _mangum(event, context)

@@ -1,0 +1,23 @@
+"""Stage-2 Lambda function: XGBoost probabilities for rows that stage 1 escalated.
+
+Event and answer are documented in ``fraudscore.stage2_client``. The bundle is loaded
+and verified once per container, at import.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from fraudscore.observability import logger
+from fraudscore.settings import Settings
+from fraudscore.stage2_service import Stage2Service
+
+service = Stage2Service.start(Settings.from_env())
+
+
+@logger.inject_lambda_context(correlation_id_path="correlation_id")
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """Score ``event["features"]`` rows; raise on invalid input or a version mismatch."""
+    return service.handle(event)

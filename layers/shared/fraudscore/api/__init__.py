@@ -1,0 +1,1 @@
+"""HTTP API of the stage-1 function (FastAPI); served by Mangum in Lambda, uvicorn locally."""

@@ -1,0 +1,221 @@
+"""FastAPI application of the stage-1 function."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.exceptions import HTTPException
+
+from fraudscore.api.models import (
+    BatchRequest,
+    BatchResponse,
+    DecisionResponse,
+    HealthResponse,
+    MetadataResponse,
+    Transaction,
+)
+from fraudscore.api.page import CONTENT_SECURITY_POLICY, render_page
+from fraudscore.api.strict_json import StrictJSONRoute
+from fraudscore.exceptions import AuditError, FeatureValidationError
+from fraudscore.observability import logger, metrics
+from fraudscore.runtime import Runtime
+from fraudscore.service import DecisionService, ScoredBatch, TransactionInput, decision_log_fields
+
+_REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+    "Strict-Transport-Security": "max-age=63072000; includeSubDomains",
+}
+
+
+class ServiceUnavailableError(Exception):
+    """The process cannot score now (bundle not loaded, audit store down)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+def create_app(runtime: Runtime) -> FastAPI:
+    """Build the API around a started runtime (one per process)."""
+    app = FastAPI(
+        title="Fraud scoring",
+        summary="Two-stage fraud decisions: logistic regression, then XGBoost when uncertain.",
+        version="1",
+    )
+    app.state.runtime = runtime
+    StrictJSONRoute.max_body_bytes = runtime.settings.max_body_bytes
+    if runtime.settings.cors_allow_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(runtime.settings.cors_allow_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Content-Type", "Authorization"],
+        )
+
+    app.include_router(_build_router(runtime))
+    _add_exception_handlers(app)
+    _add_security_headers(app)
+    return app
+
+
+def _service(runtime: Runtime) -> DecisionService:
+    if runtime.service is None:
+        raise ServiceUnavailableError(f"model bundle not loaded: {runtime.load_error}")
+    return runtime.service
+
+
+def _request_id(request: Request) -> str:
+    event = request.scope.get("aws.event") or {}
+    aws_id = (event.get("requestContext") or {}).get("requestId")
+    if isinstance(aws_id, str) and _REQUEST_ID_PATTERN.match(aws_id):
+        return aws_id
+    header = request.headers.get("x-request-id", "")
+    if _REQUEST_ID_PATTERN.match(header):
+        return header
+    return uuid.uuid4().hex
+
+
+def _decide(runtime: Runtime, transactions: list[Transaction], request_id: str) -> ScoredBatch:
+    service = _service(runtime)
+    inputs = [TransactionInput(t.transaction_id, t.features) for t in transactions]
+    try:
+        batch = service.decide(inputs, request_id=request_id)
+    except AuditError as exc:
+        logger.error("audit write failed", extra={"request_id": request_id, "error": str(exc)})
+        metrics.add_metric(name="AuditWriteFailures", unit="Count", value=1)
+        raise ServiceUnavailableError(
+            "the decision could not be recorded in the audit trail, so it was not returned; "
+            "retry the request"
+        ) from exc
+    _observe(batch)
+    return batch
+
+
+def _observe(batch: ScoredBatch) -> None:
+    for decision, record in zip(batch.decisions, batch.records, strict=True):
+        logger.info("decision", extra=decision_log_fields(decision, record))
+    total = len(batch.decisions)
+    stage2 = sum(1 for d in batch.decisions if d.stage == "stage2")
+    degraded = sum(1 for d in batch.decisions if d.degraded)
+    metrics.add_metric(name="Decisions", unit="Count", value=total)
+    metrics.add_metric(name="Stage1Decisions", unit="Count", value=total - stage2)
+    metrics.add_metric(name="Stage2Decisions", unit="Count", value=stage2)
+    metrics.add_metric(name="Escalations", unit="Count", value=batch.escalated)
+    if batch.stage2_latency_ms is not None:
+        metrics.add_metric(name="Stage2Latency", unit="Milliseconds", value=batch.stage2_latency_ms)
+    if batch.stage2_error is not None:
+        metrics.add_metric(name="Stage2Errors", unit="Count", value=1)
+    if degraded:
+        metrics.add_metric(name="DegradedDecisions", unit="Count", value=degraded)
+    metrics.flush_metrics()
+
+
+def _build_router(runtime: Runtime) -> APIRouter:
+    router = APIRouter(route_class=StrictJSONRoute)
+
+    @router.post("/predict", response_model=DecisionResponse, tags=["scoring"])
+    def predict(transaction: Transaction, request: Request) -> dict[str, Any]:
+        """Score one transaction."""
+        try:
+            batch = _decide(runtime, [transaction], _request_id(request))
+        except FeatureValidationError as exc:
+            raise FeatureValidationError(exc.field, exc.message) from None
+        return batch.decisions[0].to_dict()
+
+    @router.post("/predict/batch", response_model=BatchResponse, tags=["scoring"])
+    def predict_batch(body: BatchRequest, request: Request) -> dict[str, Any]:
+        """Score several transactions; one decision each, in request order."""
+        limit = runtime.settings.max_batch_size
+        if len(body.transactions) > limit:
+            raise RequestValidationError([{
+                "loc": ("body", "transactions"),
+                "msg": f"at most {limit} transactions per batch, got {len(body.transactions)}",
+                "type": "too_long",
+            }])
+        batch = _decide(runtime, body.transactions, _request_id(request))
+        return {"request_id": batch.request_id, "decisions": [d.to_dict() for d in batch.decisions]}
+
+    @router.get("/health", response_model=HealthResponse, tags=["operations"])
+    def health() -> JSONResponse:
+        """Liveness and readiness: bundle loaded and audit store reachable."""
+        bundle = runtime.bundle
+        if runtime.audit is None:
+            audit = "disabled"
+        else:
+            audit = "ok" if runtime.audit.ping() else "unreachable"
+        ready = bundle is not None and audit != "unreachable"
+        body = HealthResponse(
+            status="ok" if ready else "unavailable",
+            bundle_loaded=bundle is not None,
+            model_version=bundle.version if bundle else None,
+            audit_store=audit,
+            detail=runtime.load_error,
+        )
+        return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
+
+    @router.get("/metadata", response_model=MetadataResponse, tags=["operations"])
+    def metadata() -> dict[str, Any]:
+        """The served bundle's version, feature schema, band, threshold and test metrics."""
+        bundle = _service(runtime).bundle
+        manifest = bundle.manifest
+        return {
+            "model_version": bundle.version,
+            "format_version": manifest["format_version"],
+            "created_at": manifest["created_at"],
+            "features": bundle.schema.to_list(),
+            "band": bundle.band.to_dict(),
+            "decision_threshold": bundle.threshold,
+            "stage2_training_rows": manifest["stage2"].get("training_rows"),
+            "metrics": manifest.get("metrics", {}).get("test", {}),
+            "example_transaction": bundle.example_transaction,
+            "max_batch_size": runtime.settings.max_batch_size,
+        }
+
+    @router.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page() -> HTMLResponse:
+        bundle = _service(runtime).bundle
+        content = render_page(
+            version=bundle.version, low=bundle.band.low, high=bundle.band.high,
+            threshold=bundle.threshold, example=bundle.example_transaction,
+        )
+        return HTMLResponse(content, headers={"Content-Security-Policy": CONTENT_SECURITY_POLICY})
+
+    return router
+
+
+def _add_exception_handlers(app: FastAPI) -> None:
+    @app.exception_handler(FeatureValidationError)
+    async def invalid_feature(_request: Request, exc: FeatureValidationError) -> JSONResponse:
+        prefix: list[Any] = ["body"] if exc.row is None else ["body", "transactions", exc.row]
+        detail = [{"loc": [*prefix, "features", exc.field], "msg": exc.message,
+                   "type": "value_error"}]
+        return JSONResponse({"detail": detail}, status_code=422)
+
+    @app.exception_handler(ServiceUnavailableError)
+    async def unavailable(_request: Request, exc: ServiceUnavailableError) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail}, status_code=503, headers={"Retry-After": "1"})
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+
+def _add_security_headers(app: FastAPI) -> None:
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next: Callable[..., Any]) -> Any:
+        response = await call_next(request)
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        return response

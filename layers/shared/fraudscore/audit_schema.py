@@ -1,0 +1,37 @@
+"""Create the audit table: ``python -m fraudscore.audit_schema [--database-url URL]``.
+
+The service never creates tables while serving; run this once per database (the SAM
+stack runs it as a custom resource on deploy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+
+from fraudscore.audit import create_schema
+from fraudscore.database import create_audit_engine
+from fraudscore.settings import Settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Create the audit schema in the configured database; return the exit code."""
+    parser = argparse.ArgumentParser(
+        prog="python -m fraudscore.audit_schema",
+        description="Create the audit_decisions table and its indexes if they do not exist.",
+    )
+    parser.add_argument("--database-url",
+                        help="SQLAlchemy URL (default: $DATABASE_URL, else sqlite:///audit.db)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    overrides = {"database_url": args.database_url} if args.database_url else {}
+    engine = create_audit_engine(Settings.from_env(**overrides))
+    create_schema(engine)
+    engine.dispose()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,97 @@
+"""Database engines for the audit trail: one pooled engine per process.
+
+With ``DATABASE_SECRET_ARN`` set (AWS), the user name and password come from Secrets
+Manager, read once per container, and the engine connects to ``DATABASE_HOST`` (the RDS
+Proxy endpoint) with TLS. Otherwise ``DATABASE_URL`` is used as given.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import ssl
+from typing import Any
+
+from sqlalchemy import URL, Engine, create_engine, event
+from sqlalchemy.engine import make_url
+
+from fraudscore.exceptions import ConfigurationError
+from fraudscore.settings import Env, Settings
+
+logger = logging.getLogger(__name__)
+
+
+def read_database_secret(secret_arn: str, client: Any = None) -> dict[str, Any]:
+    """Fetch the ``username``/``password`` secret that RDS manages for the database.
+
+    The secret value is never logged; error messages name only the ARN.
+    """
+    if client is None:
+        import boto3
+
+        client = boto3.client("secretsmanager")
+    response = client.get_secret_value(SecretId=secret_arn)
+    try:
+        secret = json.loads(response["SecretString"])
+        secret["username"], secret["password"]  # noqa: B018 - presence check
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigurationError(
+            f"secret {secret_arn} must be JSON with 'username' and 'password' keys"
+        ) from exc
+    return dict(secret)
+
+
+def database_url(settings: Settings, secrets_client: Any = None) -> URL:
+    """Build the audit database URL from settings (and Secrets Manager when configured)."""
+    if not settings.database_secret_arn:
+        url = make_url(settings.database_url)
+        if url.drivername == "postgresql":
+            url = url.set(drivername="postgresql+pg8000")
+        return url
+
+    if not settings.database_host:
+        raise ConfigurationError(f"{Env.DATABASE_HOST} is required with {Env.DATABASE_SECRET_ARN}")
+    secret = read_database_secret(settings.database_secret_arn, secrets_client)
+    logger.info("read database credentials from secret %s", settings.database_secret_arn)
+    return URL.create(
+        "postgresql+pg8000",
+        username=secret["username"],
+        password=secret["password"],
+        host=settings.database_host,
+        port=settings.database_port,
+        database=settings.database_name,
+    )
+
+
+def create_audit_engine(settings: Settings, secrets_client: Any = None) -> Engine:
+    """Create the process-wide audit engine (pooled; pre-ping drops dead connections)."""
+    url = database_url(settings, secrets_client)
+    options: dict[str, Any] = {"pool_pre_ping": True}
+    connect_args: dict[str, Any] = {}
+
+    if url.get_backend_name() == "postgresql":
+        options.update(
+            pool_size=settings.database_pool_size,
+            max_overflow=settings.database_max_overflow,
+            pool_timeout=settings.database_pool_timeout_seconds,
+            pool_recycle=300,
+        )
+        connect_args["timeout"] = settings.database_connect_timeout_seconds
+        if settings.database_ssl:
+            connect_args["ssl_context"] = ssl.create_default_context()
+    elif url.get_backend_name() == "sqlite":
+        connect_args["check_same_thread"] = False
+        connect_args["timeout"] = settings.database_connect_timeout_seconds
+
+    engine = create_engine(url, connect_args=connect_args, **options)
+    if url.get_backend_name() == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    logger.info("audit engine created for %s", url.render_as_string(hide_password=True))
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()

@@ -1,0 +1,50 @@
+"""Exceptions raised by the fraudscore package."""
+
+from __future__ import annotations
+
+
+class FraudScoreError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class ConfigurationError(FraudScoreError):
+    """An environment variable or setting is missing or invalid."""
+
+
+class FeatureValidationError(FraudScoreError, ValueError):
+    """A transaction's features do not match the bundle's feature schema."""
+
+    def __init__(self, field: str, message: str, row: int | None = None) -> None:
+        where = field if row is None else f"transactions[{row}].{field}"
+        super().__init__(f"{where}: {message}")
+        self.field = field
+        self.message = message
+        self.row = row
+
+
+class BundleError(FraudScoreError):
+    """A model bundle cannot be read or does not have the expected layout."""
+
+
+class BundleIntegrityError(BundleError):
+    """A bundle file's SHA-256 does not match the manifest."""
+
+
+class BundleVersionError(BundleError):
+    """A bundle's format version or schema is not supported by this code."""
+
+
+class Stage2Error(FraudScoreError):
+    """Stage 2 could not score a transaction; ``reason`` is a short machine-readable code."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+
+
+class AuditError(FraudScoreError):
+    """An audit record could not be written to the audit store."""
+
+
+class IdempotencyConflictError(FraudScoreError):
+    """A transaction id was reused with different features."""

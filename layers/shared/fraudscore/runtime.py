@@ -1,0 +1,88 @@
+"""Per-process runtime: settings, the loaded bundle, stage-2 client and audit store.
+
+Built once per process (one Lambda container or one uvicorn worker) and reused by
+every request, so no engine, client or model is created per request.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from fraudscore.audit import AuditStore
+from fraudscore.breaker import CircuitBreaker
+from fraudscore.bundle import Bundle, load_bundle
+from fraudscore.database import create_audit_engine
+from fraudscore.exceptions import FraudScoreError
+from fraudscore.service import DecisionService
+from fraudscore.settings import Settings, Stage2Mode
+from fraudscore.stage2_client import InProcessStage2, LambdaStage2, Stage2Client
+from fraudscore.storage import open_store
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    """What a serving process holds; ``load_error`` is set when the bundle failed to load."""
+
+    settings: Settings
+    service: DecisionService | None = None
+    audit: AuditStore | None = None
+    load_error: str | None = None
+
+    @property
+    def bundle(self) -> Bundle | None:
+        return self.service.bundle if self.service else None
+
+    @classmethod
+    def start(
+        cls,
+        settings: Settings,
+        *,
+        s3_client: Any = None,
+        secrets_client: Any = None,
+        stage2: Stage2Client | None = None,
+    ) -> Runtime:
+        """Load the bundle and connect the audit store; errors are kept, not raised.
+
+        A runtime whose bundle failed to load answers 503 to scoring requests and
+        reports the error on ``/health``, instead of crashing the process.
+        """
+        runtime = cls(settings=settings)
+        try:
+            if settings.audit_enabled:
+                runtime.audit = AuditStore(create_audit_engine(settings, secrets_client))
+            bundle = load_bundle(open_store(settings.model_uri, s3_client=s3_client))
+            runtime.service = DecisionService(
+                bundle,
+                stage2 or make_stage2_client(settings, bundle),
+                runtime.audit,
+                failure_policy=settings.stage2_failure_policy,
+                breaker=CircuitBreaker(
+                    settings.stage2_breaker_threshold, settings.stage2_breaker_cooldown_seconds
+                ),
+            )
+        except FraudScoreError as exc:
+            runtime.load_error = str(exc)
+            logger.error("serving runtime failed to start: %s", exc)
+        return runtime
+
+
+def make_stage2_client(settings: Settings, bundle: Bundle) -> Stage2Client:
+    """Create the stage-2 client that ``STAGE2_MODE`` selects."""
+    if settings.stage2_mode is Stage2Mode.LAMBDA:
+        assert settings.stage2_function_name is not None  # checked by Settings.validate
+        return LambdaStage2(
+            settings.stage2_function_name,
+            connect_timeout=settings.stage2_connect_timeout_seconds,
+            read_timeout=settings.stage2_read_timeout_seconds,
+            endpoint_url=settings.stage2_endpoint_url,
+        )
+    return InProcessStage2(
+        bundle.stage2_model,
+        n_features=len(bundle.schema),
+        calibration=bundle.stage2_calibration,
+        bundle_version=bundle.version,
+    )

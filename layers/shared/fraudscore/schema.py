@@ -1,0 +1,152 @@
+"""Feature schema: the ordered model inputs and the values each one accepts."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fraudscore.exceptions import FeatureValidationError
+
+MAX_FEATURE_NAME_LENGTH = 128
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureSpec:
+    """One model input: its name and the closed range of values it accepts."""
+
+    name: str
+    minimum: float
+    maximum: float
+    description: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "minimum": self.minimum,
+            "maximum": self.maximum,
+            "description": self.description,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> FeatureSpec:
+        return cls(
+            name=str(raw["name"]),
+            minimum=float(raw["minimum"]),
+            maximum=float(raw["maximum"]),
+            description=str(raw.get("description", "")),
+        )
+
+
+class FeatureSchema:
+    """Ordered feature specs with validation of incoming transactions.
+
+    Parameters
+    ----------
+    features : sequence of FeatureSpec
+        Model inputs in the order the models expect them.
+    """
+
+    def __init__(self, features: Sequence[FeatureSpec]) -> None:
+        names = [spec.name for spec in features]
+        if not names:
+            raise ValueError("a feature schema needs at least one feature")
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate feature names in schema: {names}")
+        for spec in features:
+            if not spec.minimum <= spec.maximum:
+                raise ValueError(f"feature {spec.name!r}: minimum exceeds maximum")
+        self.features: tuple[FeatureSpec, ...] = tuple(features)
+        self.names: tuple[str, ...] = tuple(names)
+        self._index = {name: i for i, name in enumerate(names)}
+        self._minimum = np.array([spec.minimum for spec in features], dtype=np.float64)
+        self._maximum = np.array([spec.maximum for spec in features], dtype=np.float64)
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, FeatureSchema) and self.features == other.features
+
+    def __hash__(self) -> int:
+        return hash(self.features)
+
+    def to_list(self) -> list[dict[str, Any]]:
+        return [spec.to_dict() for spec in self.features]
+
+    @classmethod
+    def from_list(cls, raw: Sequence[Mapping[str, Any]]) -> FeatureSchema:
+        return cls([FeatureSpec.from_dict(item) for item in raw])
+
+    def validate(self, features: Mapping[str, Any]) -> np.ndarray:
+        """Check one transaction's features and return them as a vector in schema order.
+
+        Parameters
+        ----------
+        features : mapping of str to number
+            Feature name to value. Every schema feature must be present, no other key
+            is allowed, and each value must be a finite int or float (not a bool)
+            inside the feature's range.
+
+        Returns
+        -------
+        ndarray of shape (n_features,)
+            Float64 values in schema order.
+
+        Raises
+        ------
+        FeatureValidationError
+            Naming the first offending field.
+        """
+        unknown = [name for name in features if name not in self._index]
+        if unknown:
+            shown = sorted(unknown)[0][:MAX_FEATURE_NAME_LENGTH]
+            raise FeatureValidationError(
+                shown, f"unknown feature; expected only {len(self.names)} schema features"
+            )
+        vector = np.empty(len(self.names), dtype=np.float64)
+        for position, spec in enumerate(self.features):
+            if spec.name not in features:
+                raise FeatureValidationError(spec.name, "missing required feature")
+            vector[position] = self._check_value(spec, features[spec.name])
+        return vector
+
+    def validate_many(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """Validate several transactions; return a matrix of shape (n_rows, n_features).
+
+        The raised FeatureValidationError carries the index of the offending row.
+        """
+        matrix = np.empty((len(rows), len(self.names)), dtype=np.float64)
+        for i, row in enumerate(rows):
+            try:
+                matrix[i] = self.validate(row)
+            except FeatureValidationError as exc:
+                raise FeatureValidationError(exc.field, exc.message, row=i) from None
+        return matrix
+
+    def as_dict(self, vector: np.ndarray) -> dict[str, float]:
+        """Map a vector in schema order back to feature name to value."""
+        return {name: float(value) for name, value in zip(self.names, vector, strict=True)}
+
+    @staticmethod
+    def _check_value(spec: FeatureSpec, value: Any) -> float:
+        if value is None:
+            raise FeatureValidationError(spec.name, "must be a number, got null")
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            kind = type(value).__name__
+            raise FeatureValidationError(spec.name, f"must be a number, got {kind}")
+        try:
+            number = float(value)
+        except OverflowError as exc:
+            raise FeatureValidationError(spec.name, "number is too large") from exc
+        if not math.isfinite(number):
+            raise FeatureValidationError(spec.name, f"must be finite, got {number}")
+        if not spec.minimum <= number <= spec.maximum:
+            raise FeatureValidationError(
+                spec.name,
+                f"must be between {spec.minimum:g} and {spec.maximum:g}, got {number:g}",
+            )
+        return number

@@ -1,0 +1,223 @@
+"""The two-stage decision service: validate, score, route, escalate, audit.
+
+Nothing here knows about HTTP or Lambda; the stage-1 handler wraps it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from fraudscore.audit import AuditRecord, AuditStore
+from fraudscore.breaker import CircuitBreaker
+from fraudscore.bundle import Bundle
+from fraudscore.decision import Decision, Stage
+from fraudscore.exceptions import Stage2Error
+from fraudscore.routing import combine
+from fraudscore.settings import Stage2FailurePolicy
+from fraudscore.stage2_client import Stage2Client
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class TransactionInput:
+    """One transaction to score: its id (generated when absent) and raw features."""
+
+    transaction_id: str | None
+    features: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredBatch:
+    """Decisions of one request plus the audit records written for them.
+
+    ``stage2_error`` is the reason stage 2 did not answer (None when it did or was not
+    needed); ``stage2_latency_ms`` is the time spent waiting for it.
+    """
+
+    request_id: str
+    decisions: list[Decision]
+    records: list[AuditRecord]
+    latency_ms: float
+    escalated: int
+    stage2_latency_ms: float | None = None
+    stage2_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Stage2Outcome:
+    probability: np.ndarray
+    answered: bool
+    error: str | None
+    latency_ms: float | None
+
+
+def features_digest(vector: np.ndarray) -> str:
+    """SHA-256 of the validated feature vector, to compare repeated transactions."""
+    return hashlib.sha256(np.ascontiguousarray(vector, dtype=np.float64).tobytes()).hexdigest()
+
+
+class DecisionService:
+    """Scores transactions with a bundle and records every decision.
+
+    Parameters
+    ----------
+    bundle : Bundle
+        The verified model bundle.
+    stage2 : Stage2Client
+        In-process booster or the stage-2 Lambda.
+    audit : AuditStore or None
+        Where decisions are recorded; None disables auditing (benchmarks only).
+    failure_policy : Stage2FailurePolicy
+        When stage 2 fails: keep the stage-1 decision, or also flag for manual review.
+    breaker : CircuitBreaker or None
+        Skips stage 2 while it keeps failing.
+    """
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        stage2: Stage2Client,
+        audit: AuditStore | None,
+        *,
+        failure_policy: Stage2FailurePolicy = Stage2FailurePolicy.STAGE1,
+        breaker: CircuitBreaker | None = None,
+    ) -> None:
+        self.bundle = bundle
+        self.stage2 = stage2
+        self.audit = audit
+        self.failure_policy = failure_policy
+        self.breaker = breaker
+
+    def decide(
+        self, transactions: Sequence[TransactionInput], *, request_id: str | None = None
+    ) -> ScoredBatch:
+        """Score ``transactions`` and write one audit row per decision.
+
+        Raises
+        ------
+        FeatureValidationError
+            If any transaction's features do not match the schema; nothing is scored.
+        AuditError
+            If the audit store rejects the records; the decisions are then not returned.
+        """
+        started = time.perf_counter()
+        request_id = request_id or uuid.uuid4().hex
+        matrix = self.bundle.schema.validate_many([t.features for t in transactions])
+
+        stage1_probability = self.bundle.stage1.probability(matrix)
+        escalated = self.bundle.band.contains(stage1_probability)
+        outcome = self._score_stage2(matrix, escalated, request_id)
+        answered = escalated & outcome.answered
+        final = combine(stage1_probability, outcome.probability, answered)
+
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        decisions, records = self._build(
+            transactions, matrix, stage1_probability, outcome, final, escalated,
+            request_id=request_id, latency_ms=latency_ms,
+        )
+        if self.audit is not None:
+            self.audit.write(records)
+        return ScoredBatch(
+            request_id, decisions, records, latency_ms, int(escalated.sum()),
+            outcome.latency_ms, outcome.error,
+        )
+
+    def _score_stage2(
+        self, matrix: np.ndarray, escalated: np.ndarray, request_id: str
+    ) -> _Stage2Outcome:
+        probability = np.full(len(matrix), np.nan)
+        if not escalated.any():
+            return _Stage2Outcome(probability, False, None, None)
+        if self.breaker is not None and not self.breaker.allow():
+            return _Stage2Outcome(probability, False, "circuit_open", None)
+
+        started = time.perf_counter()
+        try:
+            probability[escalated] = self.stage2.score(
+                matrix[escalated], bundle_version=self.bundle.version, correlation_id=request_id
+            )
+        except Stage2Error as exc:
+            if self.breaker is not None:
+                self.breaker.record_failure()
+            logger.warning("stage 2 failed for request %s: %s", request_id, exc)
+            return _Stage2Outcome(probability, False, exc.reason,
+                                  (time.perf_counter() - started) * 1000.0)
+        if self.breaker is not None:
+            self.breaker.record_success()
+        return _Stage2Outcome(probability, True, None, (time.perf_counter() - started) * 1000.0)
+
+    def _build(
+        self,
+        transactions: Sequence[TransactionInput],
+        matrix: np.ndarray,
+        stage1_probability: np.ndarray,
+        stage2: _Stage2Outcome,
+        final: np.ndarray,
+        escalated: np.ndarray,
+        *,
+        request_id: str,
+        latency_ms: float,
+    ) -> tuple[list[Decision], list[AuditRecord]]:
+        decided_at = datetime.now(UTC)
+        names = self.bundle.schema.names
+        threshold = self.bundle.threshold
+        decisions: list[Decision] = []
+        records: list[AuditRecord] = []
+
+        for i, transaction in enumerate(transactions):
+            used_stage2 = bool(escalated[i]) and stage2.answered
+            degraded = bool(escalated[i]) and not stage2.answered
+            decision = Decision(
+                transaction_id=transaction.transaction_id or uuid.uuid4().hex,
+                is_fraud=bool(final[i] >= threshold),
+                fraud_probability=float(final[i]),
+                stage=Stage.STAGE2 if used_stage2 else Stage.STAGE1,
+                stage1_probability=float(stage1_probability[i]),
+                stage2_probability=float(stage2.probability[i]) if used_stage2 else None,
+                model_version=self.bundle.version,
+                degraded=degraded,
+                degraded_reason=stage2.error if degraded else None,
+                manual_review=degraded and self.failure_policy is Stage2FailurePolicy.REVIEW,
+            )
+            decisions.append(decision)
+            records.append(
+                AuditRecord(
+                    decision_id=uuid.uuid4().hex,
+                    request_id=request_id,
+                    transaction_id=decision.transaction_id,
+                    decided_at=decided_at,
+                    features=dict(zip(names, matrix[i].tolist(), strict=True)),
+                    features_sha256=features_digest(matrix[i]),
+                    stage1_probability=decision.stage1_probability,
+                    stage2_probability=decision.stage2_probability,
+                    final_probability=decision.fraud_probability,
+                    is_fraud=decision.is_fraud,
+                    stage=str(decision.stage),
+                    model_version=decision.model_version,
+                    latency_ms=latency_ms,
+                    degraded=decision.degraded,
+                    degraded_reason=decision.degraded_reason,
+                    manual_review=decision.manual_review,
+                )
+            )
+        return decisions, records
+
+
+def decision_log_fields(decision: Decision, record: AuditRecord) -> dict[str, Any]:
+    """Fields of the structured log line written for each decision (no feature values)."""
+    return {
+        "decision_id": record.decision_id,
+        "request_id": record.request_id,
+        **decision.to_dict(),
+        "latency_ms": round(record.latency_ms, 3),
+    }

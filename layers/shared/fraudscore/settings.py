@@ -1,0 +1,172 @@
+"""Service settings, read once per process from environment variables.
+
+Precedence is: an explicit argument to :meth:`Settings.from_env`, then the
+environment variable, then the default. Every variable the service reads is
+named in :class:`Env`, so the template, the docs and the code share one list.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from enum import StrEnum
+from typing import Any
+
+from fraudscore.exceptions import ConfigurationError
+
+
+class Env:
+    """Names of the environment variables the service reads."""
+
+    MODEL_URI = "MODEL_URI"
+    DATABASE_URL = "DATABASE_URL"
+    DATABASE_SECRET_ARN = "DATABASE_SECRET_ARN"
+    DATABASE_HOST = "DATABASE_HOST"
+    DATABASE_PORT = "DATABASE_PORT"
+    DATABASE_NAME = "DATABASE_NAME"
+    DATABASE_SSL = "DATABASE_SSL"
+    DATABASE_POOL_SIZE = "DATABASE_POOL_SIZE"
+    DATABASE_MAX_OVERFLOW = "DATABASE_MAX_OVERFLOW"
+    DATABASE_POOL_TIMEOUT_SECONDS = "DATABASE_POOL_TIMEOUT_SECONDS"
+    DATABASE_CONNECT_TIMEOUT_SECONDS = "DATABASE_CONNECT_TIMEOUT_SECONDS"
+    AUDIT_ENABLED = "AUDIT_ENABLED"
+    AUDIT_SPOOL_PATH = "AUDIT_SPOOL_PATH"
+    AUDIT_FALLBACK_QUEUE_URL = "AUDIT_FALLBACK_QUEUE_URL"
+    STAGE2_MODE = "STAGE2_MODE"
+    STAGE2_FUNCTION_NAME = "STAGE2_FUNCTION_NAME"
+    STAGE2_ENDPOINT_URL = "STAGE2_ENDPOINT_URL"
+    STAGE2_CONNECT_TIMEOUT_SECONDS = "STAGE2_CONNECT_TIMEOUT_SECONDS"
+    STAGE2_READ_TIMEOUT_SECONDS = "STAGE2_READ_TIMEOUT_SECONDS"
+    STAGE2_FAILURE_POLICY = "STAGE2_FAILURE_POLICY"
+    STAGE2_BREAKER_THRESHOLD = "STAGE2_BREAKER_THRESHOLD"
+    STAGE2_BREAKER_COOLDOWN_SECONDS = "STAGE2_BREAKER_COOLDOWN_SECONDS"
+    MAX_BATCH_SIZE = "MAX_BATCH_SIZE"
+    MAX_BODY_BYTES = "MAX_BODY_BYTES"
+    API_BASE_PATH = "API_BASE_PATH"
+    CORS_ALLOW_ORIGINS = "CORS_ALLOW_ORIGINS"
+
+
+class Stage2Mode(StrEnum):
+    """Where stage 2 runs: in the same process, or in its own Lambda function."""
+
+    INPROCESS = "inprocess"
+    LAMBDA = "lambda"
+
+
+class Stage2FailurePolicy(StrEnum):
+    """What stage 1 answers when stage 2 cannot: its own decision, or manual review."""
+
+    STAGE1 = "stage1"
+    REVIEW = "review"
+
+
+def _parse_bool(name: str, raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigurationError(f"{name} must be true or false, got {raw!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Typed service configuration. Build it with :meth:`from_env`."""
+
+    model_uri: str = "model/bundle"
+    database_url: str = "sqlite:///audit.db"
+    database_secret_arn: str | None = None
+    database_host: str | None = None
+    database_port: int = 5432
+    database_name: str = "fraud"
+    database_ssl: bool = False
+    database_pool_size: int = 5
+    database_max_overflow: int = 10
+    database_pool_timeout_seconds: float = 5.0
+    database_connect_timeout_seconds: float = 5.0
+    audit_enabled: bool = True
+    audit_spool_path: str = "audit-spool.jsonl"
+    audit_fallback_queue_url: str | None = None
+    stage2_mode: Stage2Mode = Stage2Mode.INPROCESS
+    stage2_function_name: str | None = None
+    stage2_endpoint_url: str | None = None
+    stage2_connect_timeout_seconds: float = 1.0
+    stage2_read_timeout_seconds: float = 2.0
+    stage2_failure_policy: Stage2FailurePolicy = Stage2FailurePolicy.STAGE1
+    stage2_breaker_threshold: int = 5
+    stage2_breaker_cooldown_seconds: float = 30.0
+    max_batch_size: int = 1000
+    max_body_bytes: int = 1_048_576
+    api_base_path: str = ""
+    cors_allow_origins: tuple[str, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> Settings:
+        """Build settings from ``environ`` (default ``os.environ``) and overrides.
+
+        Raises
+        ------
+        ConfigurationError
+            If a variable is present but cannot be parsed, or the combination is
+            invalid (for example ``STAGE2_MODE=lambda`` without a function name).
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for item in fields(cls):
+            name = item.name.upper()
+            if item.name in overrides:
+                values[item.name] = overrides[item.name]
+            elif name in env and env[name] != "":
+                values[item.name] = _convert(item.name, name, env[name])
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Check cross-field rules and numeric ranges."""
+        if self.stage2_mode is Stage2Mode.LAMBDA and not self.stage2_function_name:
+            raise ConfigurationError(
+                f"{Env.STAGE2_FUNCTION_NAME} is required when {Env.STAGE2_MODE}=lambda"
+            )
+        if not 1 <= self.max_batch_size <= 10_000:
+            raise ConfigurationError(
+                f"{Env.MAX_BATCH_SIZE} must be between 1 and 10000, got {self.max_batch_size}"
+            )
+        for name in ("stage2_connect_timeout_seconds", "stage2_read_timeout_seconds"):
+            if getattr(self, name) <= 0:
+                raise ConfigurationError(f"{name.upper()} must be positive")
+
+
+_ENUMS: dict[str, type[StrEnum]] = {
+    "stage2_mode": Stage2Mode,
+    "stage2_failure_policy": Stage2FailurePolicy,
+}
+_INTS = {"database_port", "database_pool_size", "database_max_overflow", "stage2_breaker_threshold", "max_batch_size", "max_body_bytes"}
+_FLOATS = {
+    "database_pool_timeout_seconds",
+    "database_connect_timeout_seconds",
+    "stage2_connect_timeout_seconds",
+    "stage2_read_timeout_seconds",
+    "stage2_breaker_cooldown_seconds",
+}
+_BOOLS = {"database_ssl", "audit_enabled"}
+
+
+def _convert(attribute: str, name: str, raw: str) -> Any:
+    try:
+        if attribute in _ENUMS:
+            return _ENUMS[attribute](raw.strip().lower())
+        if attribute in _INTS:
+            return int(raw)
+        if attribute in _FLOATS:
+            return float(raw)
+        if attribute in _BOOLS:
+            return _parse_bool(name, raw)
+        if attribute == "cors_allow_origins":
+            return tuple(origin.strip() for origin in raw.split(",") if origin.strip())
+    except ValueError as exc:
+        raise ConfigurationError(f"{name} is invalid: {raw!r} ({exc})") from exc
+    return raw

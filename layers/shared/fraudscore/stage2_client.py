@@ -1,0 +1,182 @@
+"""How stage 1 reaches stage 2: in the same process, or by invoking the stage-2 Lambda.
+
+Invoke payload (JSON), sent by :class:`LambdaStage2`::
+
+    {"bundle_version": "<version stage 1 serves>",
+     "correlation_id": "<request id>",
+     "features": [[x_1, ..., x_n], ...]}        # rows in the bundle's schema order, raw
+
+Answer::
+
+    {"bundle_version": "<version stage 2 serves>",
+     "probabilities": [p, ...]}                 # calibrated, one per row
+
+Stage 2 raises ``Stage2VersionMismatchError`` (a Lambda ``FunctionError``) when the
+versions differ, so the two stages never mix models.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any, Protocol
+
+import numpy as np
+
+from fraudscore.exceptions import Stage2Error
+
+logger = logging.getLogger(__name__)
+
+VERSION_MISMATCH_ERROR = "Stage2VersionMismatchError"
+
+
+class Stage2Client(Protocol):
+    """Scores escalated rows with stage 2."""
+
+    def score(self, features: np.ndarray, *, bundle_version: str, correlation_id: str) -> np.ndarray:
+        """Return calibrated stage-2 probabilities for rows of shape (n, n_features)."""
+        ...
+
+
+class InProcessStage2:
+    """Stage 2 in the calling process; loads the booster once, on first use."""
+
+    def __init__(self, model: bytes, *, n_features: int, calibration: Any, bundle_version: str):
+        self._model = model
+        self._n_features = n_features
+        self._calibration = calibration
+        self._bundle_version = bundle_version
+        self._scorer: Any = None
+
+    def score(self, features: np.ndarray, *, bundle_version: str, correlation_id: str) -> np.ndarray:
+        if bundle_version != self._bundle_version:
+            raise Stage2Error(
+                "version_mismatch",
+                f"stage 2 serves {self._bundle_version}, request is for {bundle_version}",
+            )
+        if self._scorer is None:
+            from fraudscore.stage2 import BoosterScorer
+
+            self._scorer = BoosterScorer.from_bytes(
+                self._model, n_features=self._n_features, calibration=self._calibration
+            )
+        return np.asarray(self._scorer.probability(features), dtype=np.float64)
+
+
+class LambdaStage2:
+    """Stage 2 behind the Lambda Invoke API, called synchronously with retries disabled.
+
+    boto3 retries a synchronous invoke that times out, which would run stage 2 several
+    times for one request. The client here has ``max_attempts=1`` and explicit connect and
+    read timeouts, so one escalation is at most one invocation.
+    """
+
+    def __init__(
+        self,
+        function_name: str,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        endpoint_url: str | None = None,
+        client: Any = None,
+    ) -> None:
+        self.function_name = function_name
+        self.client = client or make_lambda_client(
+            connect_timeout=connect_timeout, read_timeout=read_timeout, endpoint_url=endpoint_url
+        )
+
+    def score(self, features: np.ndarray, *, bundle_version: str, correlation_id: str) -> np.ndarray:
+        payload = {
+            "bundle_version": bundle_version,
+            "correlation_id": correlation_id,
+            "features": np.asarray(features, dtype=np.float64).tolist(),
+        }
+        started = time.perf_counter()
+        response = self._invoke(payload, correlation_id)
+        body = self._read_body(response, correlation_id)
+
+        if "FunctionError" in response:
+            error_type = body.get("errorType", "Unknown") if isinstance(body, dict) else "Unknown"
+            message = body.get("errorMessage", "") if isinstance(body, dict) else ""
+            reason = "version_mismatch" if error_type == VERSION_MISMATCH_ERROR else "function_error"
+            raise Stage2Error(reason, f"{self.function_name} raised {error_type}: {message}"[:500])
+
+        probabilities = _parse_probabilities(body, expected_rows=len(payload["features"]))
+        if body.get("bundle_version") != bundle_version:
+            raise Stage2Error(
+                "version_mismatch",
+                f"stage 2 answered for {body.get('bundle_version')!r}, expected {bundle_version}",
+            )
+        logger.debug(
+            "stage 2 scored %d row(s) in %.1f ms (correlation id %s)",
+            len(probabilities), (time.perf_counter() - started) * 1000, correlation_id,
+        )
+        return probabilities
+
+    def _invoke(self, payload: dict[str, Any], correlation_id: str) -> dict[str, Any]:
+        from botocore.exceptions import (
+            BotoCoreError,
+            ClientError,
+            ConnectTimeoutError,
+            ReadTimeoutError,
+        )
+
+        try:
+            return dict(
+                self.client.invoke(
+                    FunctionName=self.function_name,
+                    InvocationType="RequestResponse",
+                    Payload=json.dumps(payload, allow_nan=False).encode("utf-8"),
+                )
+            )
+        except (ReadTimeoutError, ConnectTimeoutError) as exc:
+            raise Stage2Error("timeout", f"{self.function_name}: {exc}") from exc
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "ClientError")
+            reason = "throttled" if code in {"TooManyRequestsException", "ThrottlingException"} \
+                else "invoke_failed"
+            raise Stage2Error(reason, f"{self.function_name}: {code}") from exc
+        except BotoCoreError as exc:
+            raise Stage2Error("invoke_failed", f"{self.function_name}: {exc}") from exc
+
+    def _read_body(self, response: dict[str, Any], correlation_id: str) -> Any:
+        raw = response["Payload"].read()
+        try:
+            return json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise Stage2Error("malformed_response", "stage 2 answer is not JSON") from exc
+
+
+def make_lambda_client(
+    *, connect_timeout: float, read_timeout: float, endpoint_url: str | None = None
+) -> Any:
+    """Create a Lambda client with retries disabled and explicit timeouts."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        retries={"max_attempts": 1, "mode": "standard"},
+        tcp_keepalive=True,
+    )
+    return boto3.client("lambda", endpoint_url=endpoint_url, config=config)
+
+
+def _parse_probabilities(body: Any, *, expected_rows: int) -> np.ndarray:
+    if not isinstance(body, dict) or not isinstance(body.get("probabilities"), list):
+        raise Stage2Error("malformed_response", "stage 2 answer has no 'probabilities' list")
+    values = body["probabilities"]
+    if len(values) != expected_rows:
+        raise Stage2Error(
+            "malformed_response",
+            f"stage 2 returned {len(values)} probabilities for {expected_rows} rows",
+        )
+    try:
+        probabilities = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise Stage2Error("malformed_response", "stage 2 probabilities are not numbers") from exc
+    if not np.all(np.isfinite(probabilities)) or np.any((probabilities < 0) | (probabilities > 1)):
+        raise Stage2Error("malformed_response", "stage 2 probabilities are outside [0, 1]")
+    return probabilities

@@ -1,0 +1,118 @@
+"""Shared fixtures: simulated history, a trained bundle, real databases, API clients."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from fraudscore.settings import Settings
+
+REFERENCE_DATA_ENV = "FRAUD_REFERENCE_DATA"
+TEST_DATABASE_ENV = "TEST_DATABASE_URL"
+
+
+@pytest.fixture(scope="session")
+def reference_data_path() -> Path:
+    """The public reference data set (Fraud Detection Handbook, Le Borgne et al.)."""
+    value = os.environ.get(REFERENCE_DATA_ENV)
+    if not value:
+        pytest.skip(
+            f"{REFERENCE_DATA_ENV} is not set: point it at the Fraud Detection Handbook's "
+            "simulated-data-transformed transactions (Parquet) to run this test"
+        )
+    path = Path(value)
+    if not path.is_file():
+        pytest.skip(f"{REFERENCE_DATA_ENV}={value} does not exist")
+    return path
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """URL of a real PostgreSQL database for tests; skips when none is configured."""
+    url = os.environ.get(TEST_DATABASE_ENV)
+    if not url:
+        pytest.skip(f"{TEST_DATABASE_ENV} is not set (e.g. postgresql+pg8000://postgres@127.0.0.1/test)")
+    return url
+
+
+@pytest.fixture
+def postgres_schema_url(postgres_url: str) -> Iterator[str]:
+    """A fresh PostgreSQL schema for one test, dropped afterwards; yields a URL using it."""
+    schema = f"test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(postgres_url)
+    with admin.begin() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    separator = "&" if "?" in postgres_url else "?"
+    # pg8000 takes startup parameters through the URL's "options".
+    yield f"{postgres_url}{separator}options=-csearch_path%3D{schema}"
+    with admin.begin() as connection:
+        connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def simulated_history(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small deterministic simulated history (about 70 k transactions) as Parquet."""
+    from training.simulate import simulate, write_transactions
+
+    path = tmp_path_factory.mktemp("history") / "transactions.parquet"
+    frame = simulate(n_customers=600, n_terminals=1200, n_days=75, seed=7)
+    write_transactions(frame, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(simulated_history: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bundle trained on the simulated history, shared by the whole session."""
+    from training.pipeline import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("bundle")
+    return train(TrainConfig(out_dir=out, progress=False), data_path=simulated_history)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'audit.db'}"
+
+
+@pytest.fixture
+def settings_factory(bundle_dir: Path, sqlite_url: str):  # type: ignore[no-untyped-def]
+    """Build Settings for the trained bundle with a per-test SQLite audit database."""
+
+    def make(**overrides: object) -> Settings:
+        values = {"model_uri": str(bundle_dir), "database_url": sqlite_url, **overrides}
+        return Settings.from_env({}, **values)
+
+    return make
+
+
+@pytest.fixture
+def make_client(settings_factory):  # type: ignore[no-untyped-def]
+    """Start a runtime and return a FastAPI TestClient for it (audit schema created)."""
+    from fastapi.testclient import TestClient
+
+    from fraudscore.api.app import create_app
+    from fraudscore.audit import create_schema
+    from fraudscore.runtime import Runtime
+
+    clients = []
+
+    def make(runtime: Runtime | None = None, **overrides: object) -> TestClient:
+        if runtime is None:
+            runtime = Runtime.start(settings_factory(**overrides))
+        if runtime.audit is not None:
+            create_schema(runtime.audit.engine)
+        client = TestClient(create_app(runtime), raise_server_exceptions=False)
+        clients.append((client, runtime))
+        return client
+
+    yield make
+    for client, runtime in clients:
+        client.close()
+        if runtime.audit is not None:
+            runtime.audit.engine.dispose()

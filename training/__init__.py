@@ -1,0 +1,1 @@
+"""Training job: simulate or ingest history, train both stages, evaluate, publish a bundle."""
