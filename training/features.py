@@ -7,13 +7,10 @@ one frame can score the other.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-
-logger = logging.getLogger(__name__)
 
 DEFAULT_WINDOWS: tuple[int, ...] = (1, 7, 30)
 DEFAULT_DELAY_DAYS = 7
@@ -108,7 +105,7 @@ def add_window_features(
       are not used, because in production they are not known yet.
 
     Transactions with the same customer (or terminal) and the same TX_DATETIME are ranked
-    by their row order in ``df``; a transaction's window excludes the ties after it.
+    by their row order in ``df``, so a transaction's window excludes the ties after it.
 
     Parameters
     ----------
@@ -193,9 +190,7 @@ def _customer_features(df: pd.DataFrame, windows: tuple[int, ...]) -> dict[str, 
     for window in windows:
         sums = _rolling_sums(df, "CUSTOMER_ID", values, window)
         count = sums["count"]
-        mean_amount = np.divide(
-            sums["amount"], count, out=np.zeros_like(count), where=count > 0
-        )
+        mean_amount = np.divide(sums["amount"], count, out=np.zeros_like(count), where=count > 0)
         features[f"CUSTOMER_ID_NB_TX_{window}DAY_WINDOW"] = count.astype(np.float32)
         features[f"CUSTOMER_ID_AVG_AMOUNT_{window}DAY_WINDOW"] = mean_amount.astype(np.float32)
     return features

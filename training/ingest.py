@@ -73,7 +73,7 @@ def ingest_file(
     validate_table_name(table)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
-    reader, total_rows = _open_chunks(path, chunk_size)
+    reader, total_rows = _open_chunks(path, chunk_size, count_rows=progress)
 
     engine = _engine(database_url)
     inserted = 0
@@ -130,8 +130,11 @@ def read_table(
     try:
         source = _reflect_table(engine, table)
         selected = _select_columns(source, table, columns)
-        order = [source.c[name.lower()] for name in ("TX_DATETIME", PRIMARY_KEY)
-                 if name.lower() in source.c]
+        order = [
+            source.c[name.lower()]
+            for name in ("TX_DATETIME", PRIMARY_KEY)
+            if name.lower() in source.c
+        ]
         query = sa.select(*[source.c[name.lower()] for name in selected]).order_by(*order)
 
         frames = []
@@ -167,8 +170,10 @@ def _engine(database_url: str | sa.Engine) -> sa.Engine:
     return engine
 
 
-def _open_chunks(path: Path, chunk_size: int) -> tuple[Iterator[pa.RecordBatch], int]:
-    """Return an iterator over the file's record batches and the file's row count."""
+def _open_chunks(
+    path: Path, chunk_size: int, *, count_rows: bool
+) -> tuple[Iterator[pa.RecordBatch], int | None]:
+    """Return an iterator over the file's record batches and, if requested, its row count."""
     if not path.is_file():
         raise FileNotFoundError(f"transaction file not found: {path}")
     suffix = path.suffix.lower()
@@ -176,7 +181,7 @@ def _open_chunks(path: Path, chunk_size: int) -> tuple[Iterator[pa.RecordBatch],
         parquet = pq.ParquetFile(path)
         return parquet.iter_batches(batch_size=chunk_size), parquet.metadata.num_rows
     if suffix == ".csv":
-        return _csv_batches(path, chunk_size), _count_csv_rows(path)
+        return _csv_batches(path, chunk_size), _count_csv_rows(path) if count_rows else None
     raise ValueError(f"transaction file must end in .parquet or .csv, got {str(path)!r}")
 
 
@@ -241,16 +246,21 @@ def _sql_type(field: pa.Field) -> sa.types.TypeEngine[Any]:
         return sa.Date()
     if pa.types.is_string(kind) or pa.types.is_large_string(kind):
         return sa.Text()
-    raise ValueError(f"column {field.name!r} has type {kind}, which has no PostgreSQL mapping here")
+    raise ValueError(
+        f"column {field.name!r} has unsupported type {kind}; cast it to an integer, float, "
+        "boolean, timestamp, date or string type"
+    )
 
 
 def _ensure_table(engine: sa.Engine, table: str, schema: pa.Schema) -> sa.Table:
     """Create the table from the file's schema if missing and check its columns."""
     if PRIMARY_KEY not in schema.names:
-        raise ValueError(f"transaction file has no {PRIMARY_KEY} column; found {schema.names}")
+        raise ValueError(
+            f"transaction file has no {PRIMARY_KEY} column. Columns found: {schema.names}"
+        )
     lower = [name.lower() for name in schema.names]
     if len(set(lower)) != len(lower):
-        raise ValueError(f"column names differ only in case: {schema.names}")
+        raise ValueError(f"column names must differ in more than case, got {schema.names}")
 
     columns = [
         sa.Column(
@@ -267,15 +277,16 @@ def _ensure_table(engine: sa.Engine, table: str, schema: pa.Schema) -> sa.Table:
     existing = {column["name"] for column in sa.inspect(engine).get_columns(table)}
     missing = [name for name in lower if name not in existing]
     if missing:
-        raise ValueError(f"table {table!r} exists but lacks the file's columns {missing}")
+        raise ValueError(
+            f"table {table!r} exists but lacks the file's columns {missing}; "
+            "drop the table or choose another table name"
+        )
     return target
 
 
 def _insert_statement(target: sa.Table, names: list[str]) -> sa.Insert:
     """Build an INSERT that unnests one array parameter per column and skips known ids."""
-    arrays = [
-        sa.bindparam(name, type_=postgresql.ARRAY(target.c[name].type)) for name in names
-    ]
+    arrays = [sa.bindparam(name, type_=postgresql.ARRAY(target.c[name].type)) for name in names]
     source = sa.func.unnest(*arrays).table_valued(*names).render_derived(name="source")
     return (
         postgresql.insert(target)
@@ -307,10 +318,14 @@ def _select_columns(source: sa.Table, table: str, columns: Sequence[str] | None)
     if columns is None:
         return [column.name.upper() for column in source.columns]
     selected = list(columns)
+    if not selected:
+        raise ValueError("columns must name at least one column, or be None for all columns")
     missing = [name for name in selected if name.lower() not in source.c]
     if missing:
         available = [column.name.upper() for column in source.columns]
-        raise ValueError(f"table {table!r} has no columns {missing}; available: {available}")
+        raise ValueError(
+            f"table {table!r} has no columns {missing}. Available columns: {available}"
+        )
     return [name.upper() for name in selected]
 
 

@@ -7,7 +7,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
 from fraudscore.bundle import MANIFEST_NAME, load_bundle
+from fraudscore.exceptions import BundleError
 from fraudscore.storage import (
     ACTIVE_POINTER_NAME,
     VERSIONS_FOLDER,
@@ -28,6 +30,12 @@ def publish_bundle(
     manifest uploaded last; the uploaded copy is then loaded and verified from S3, and only
     after that is ``prefix/ACTIVE.json`` rewritten. A failure at any step leaves the
     previously active version in place.
+
+    Raises
+    ------
+    BundleError
+        If the local bundle is invalid, an upload fails (naming the S3 key), or the
+        uploaded copy does not verify.
     """
     bundle = load_bundle(DirectoryStore(bundle_dir))
     bucket, prefix = parse_s3_uri(destination)
@@ -41,9 +49,7 @@ def publish_bundle(
     names = [*bundle.manifest["files"], MANIFEST_NAME]
     for name in names:
         body = (Path(bundle_dir) / name).read_bytes()
-        s3_client.put_object(Bucket=bucket, Key=f"{version_prefix}/{name}", Body=body,
-                             ContentType="application/json" if name.endswith(".json")
-                             else "application/octet-stream")
+        _upload(s3_client, bucket, f"{version_prefix}/{name}", body)
     uploaded = load_bundle(S3Store(bucket, version_prefix, s3_client))
     logger.info("uploaded and verified bundle %s at s3://%s/%s",
                 uploaded.version, bucket, version_prefix)
@@ -51,8 +57,15 @@ def publish_bundle(
     if activate:
         pointer = {"version": bundle.version,
                    "manifest_sha256": bundle.manifest["manifest_sha256"]}
-        s3_client.put_object(Bucket=bucket, Key=root.key(ACTIVE_POINTER_NAME),
-                             Body=json.dumps(pointer).encode("utf-8"),
-                             ContentType="application/json")
+        _upload(s3_client, bucket, root.key(ACTIVE_POINTER_NAME),
+                json.dumps(pointer).encode("utf-8"))
         logger.info("activated bundle %s under s3://%s/%s", bundle.version, bucket, prefix)
     return f"s3://{bucket}/{version_prefix}"
+
+
+def _upload(s3_client: Any, bucket: str, key: str, body: bytes) -> None:
+    content_type = "application/json" if key.endswith(".json") else "application/octet-stream"
+    try:
+        s3_client.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type)
+    except (ClientError, BotoCoreError) as exc:
+        raise BundleError(f"s3://{bucket}/{key}: upload failed: {exc}") from exc

@@ -5,7 +5,8 @@ radius of home. Each customer has a mean and standard deviation of the amount an
 mean number of transactions per day. Four fraud scenarios are added on top of the
 genuine transactions (see `FraudScenario`). The output has the columns and dtypes of
 `training.features.TRANSACTION_DTYPES`, the layout of the Fraud Detection Handbook's
-transformed data set (Le Borgne et al., 2022).
+transformed data set (Le Borgne et al., 2022). That data set has scenarios 1 to 3 only, so
+scenario 4 (night bursts) is new to a model trained on it.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ TERMINAL_RADIUS = 5.0
 MEAN_AMOUNT_RANGE = (5.0, 100.0)
 STD_TO_MEAN_RANGE = (0.3, 0.6)
 TX_PER_DAY_RANGE = (0.0, 4.0)
+# Time of day in seconds after midnight, normally distributed.
 TIME_OF_DAY_MEAN = 12 * 3600.0
 TIME_OF_DAY_STD = 5.5 * 3600.0
 
@@ -56,7 +58,7 @@ NIGHT_BURST_AMOUNT_RANGE = (1.0, 20.0)
 
 
 class FraudScenario(enum.IntEnum):
-    """Value of TX_FRAUD_SCENARIO; every scenario other than GENUINE sets TX_FRAUD to 1."""
+    """Value of TX_FRAUD_SCENARIO. Every scenario other than GENUINE sets TX_FRAUD to 1."""
 
     GENUINE = 0
     AMOUNT_ABOVE_THRESHOLD = 1
@@ -71,7 +73,7 @@ class FraudScenario(enum.IntEnum):
 
 @dataclass(frozen=True)
 class _Transactions:
-    """Column arrays of unsorted transactions; the labelling steps change them in place."""
+    """Column arrays of unsorted transactions, which the labelling steps change in place."""
 
     customer: np.ndarray
     terminal: np.ndarray

@@ -98,6 +98,8 @@ def test_read_table_unknown_column(engine, table, parquet_file):
     ingest_file(parquet_file, engine, table=table, progress=False)
     with pytest.raises(ValueError, match="NOT_A_COLUMN"):
         read_table(engine, table, ["TX_AMOUNT", "NOT_A_COLUMN"])
+    with pytest.raises(ValueError, match="at least one column"):
+        read_table(engine, table, [])
 
 
 @pytest.mark.postgres
@@ -109,7 +111,7 @@ def test_read_table_missing_table(engine, table):
 
 @pytest.mark.postgres
 @requires_postgres
-def test_ingest_resumes_after_partial_load(engine, table, tmp_path, transactions):
+def test_ingest_resumes_partial_load(engine, table, tmp_path, transactions):
     half = len(transactions) // 2
     first_half = write_transactions(transactions.iloc[:half], tmp_path / "half.parquet")
     full = write_transactions(transactions, tmp_path / "full.parquet")
@@ -122,7 +124,7 @@ def test_ingest_resumes_after_partial_load(engine, table, tmp_path, transactions
 
 @pytest.mark.postgres
 @requires_postgres
-def test_ingest_skips_duplicate_ids_in_one_file(engine, table, tmp_path, transactions):
+def test_ingest_skips_duplicate_ids(engine, table, tmp_path, transactions):
     doubled = pd.concat([transactions.iloc[:100], transactions.iloc[:100]], ignore_index=True)
     path = write_transactions(doubled, tmp_path / "doubled.parquet")
 
@@ -175,10 +177,9 @@ def test_ingest_rejects_unknown_suffix(tmp_path):
 
 
 def test_ingest_missing_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="missing.parquet"):
+    with pytest.raises(FileNotFoundError, match=r"missing\.parquet"):
         ingest_file(
             tmp_path / "missing.parquet",
             "postgresql+pg8000://nobody@127.0.0.1:1/none",
             progress=False,
         )
-

@@ -112,7 +112,7 @@ def test_simulate_schema_matches_reference_file(small):
         assert produced.field(field.name).type == field.type, field.name
 
 
-def test_simulate_fraud_rate_near_one_percent(simulated):
+def test_simulate_fraud_rate(simulated):
     rate = simulated["TX_FRAUD"].mean()
     assert 0.005 <= rate <= 0.015
 
@@ -138,9 +138,7 @@ def test_simulate_time_columns_consistent(simulated):
     np.testing.assert_array_equal(
         simulated["TX_TIME_SECONDS"], elapsed.dt.total_seconds().astype("int64")
     )
-    np.testing.assert_array_equal(
-        simulated["TX_TIME_DAYS"], simulated["TX_TIME_SECONDS"] // 86_400
-    )
+    np.testing.assert_array_equal(simulated["TX_TIME_DAYS"], simulated["TX_TIME_SECONDS"] // 86_400)
     assert simulated["TX_TIME_DAYS"].min() == 0
     assert simulated["TX_TIME_DAYS"].max() == 89
 
@@ -151,7 +149,7 @@ def test_simulate_start_date_shifts_times():
     assert df["TX_DATETIME"].max() < pd.Timestamp("2024-03-02")
 
 
-def test_simulate_amount_scenario_above_threshold(simulated):
+def test_amount_scenario_above_threshold(simulated):
     amounts = simulated.loc[
         simulated["TX_FRAUD_SCENARIO"] == FraudScenario.AMOUNT_ABOVE_THRESHOLD, "TX_AMOUNT"
     ]
@@ -161,7 +159,7 @@ def test_simulate_amount_scenario_above_threshold(simulated):
     assert (simulated["TX_AMOUNT"] >= 0).all()
 
 
-def test_simulate_compromised_terminal_takes_whole_day(simulated):
+def test_compromised_terminal_whole_day(simulated):
     hit = simulated["TX_FRAUD_SCENARIO"] == FraudScenario.COMPROMISED_TERMINAL
     keys = ["TERMINAL_ID", "TX_TIME_DAYS"]
     compromised = simulated.loc[hit, keys].drop_duplicates()
@@ -170,7 +168,7 @@ def test_simulate_compromised_terminal_takes_whole_day(simulated):
     assert set(same_day["TX_FRAUD_SCENARIO"]) <= {2, 3, 4}
 
 
-def test_simulate_compromised_card_amounts_inflated(simulated):
+def test_compromised_card_amounts_inflated(simulated):
     scenario = simulated["TX_FRAUD_SCENARIO"]
     card = simulated.loc[scenario == FraudScenario.COMPROMISED_CARD, "TX_AMOUNT"]
     genuine = simulated.loc[scenario == FraudScenario.GENUINE, "TX_AMOUNT"]
@@ -269,7 +267,7 @@ def test_window_features_custom_windows_and_delay():
     assert "CUSTOMER_ID_NB_TX_2DAY_WINDOW" in out.columns
     assert "TERMINAL_ID_RISK_2DAY_WINDOW" in out.columns
     assert "CUSTOMER_ID_NB_TX_1DAY_WINDOW" not in out.columns
-    # Without delay the window (t - 2 d, t] of row 2 holds rows 0 and 2 of terminal 1.
+    # Without delay the window (t - 2 d, t] of row 2 contains rows 0 and 2 of terminal 1.
     assert out.loc[2, "TERMINAL_ID_NB_TX_2DAY_WINDOW"] == 2
     assert out.loc[2, "TERMINAL_ID_RISK_2DAY_WINDOW"] == pytest.approx(0.5)
 
@@ -291,9 +289,10 @@ def test_terminal_features_ignore_recent_labels(small):
     )
     # The flipped labels do reach transactions more than seven days later.
     later = small["TX_DATETIME"] > cutoff + pd.Timedelta(days=7)
-    changed = before.loc[later, "TERMINAL_ID_RISK_30DAY_WINDOW"] != after.loc[
-        later, "TERMINAL_ID_RISK_30DAY_WINDOW"
-    ]
+    changed = (
+        before.loc[later, "TERMINAL_ID_RISK_30DAY_WINDOW"]
+        != after.loc[later, "TERMINAL_ID_RISK_30DAY_WINDOW"]
+    )
     assert changed.any()
 
 

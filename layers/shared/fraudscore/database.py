@@ -25,19 +25,37 @@ def read_database_secret(secret_arn: str, client: Any = None) -> dict[str, Any]:
     """Fetch the ``username``/``password`` secret that RDS manages for the database.
 
     The secret value is never logged; error messages name only the ARN.
+
+    Raises
+    ------
+    ConfigurationError
+        If Secrets Manager cannot return the secret, or its value is not a JSON object
+        with string ``username`` and ``password`` keys.
     """
+    from botocore.exceptions import BotoCoreError, ClientError
+
     if client is None:
         import boto3
 
         client = boto3.client("secretsmanager")
-    response = client.get_secret_value(SecretId=secret_arn)
+    try:
+        response = client.get_secret_value(SecretId=secret_arn)
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "ClientError")
+        raise ConfigurationError(f"cannot read secret {secret_arn}: {code}") from exc
+    except BotoCoreError as exc:
+        raise ConfigurationError(f"cannot read secret {secret_arn}: {exc}") from exc
+
     try:
         secret = json.loads(response["SecretString"])
-        secret["username"], secret["password"]  # noqa: B018 - presence check
-    except (KeyError, TypeError, ValueError) as exc:
+        credentials_valid = all(isinstance(secret[key], str) for key in ("username", "password"))
+    except (KeyError, TypeError, ValueError):
+        credentials_valid = False
+    if not credentials_valid:
+        # Raised outside the except block, so no chained exception carries the secret's text.
         raise ConfigurationError(
-            f"secret {secret_arn} must be JSON with 'username' and 'password' keys"
-        ) from exc
+            f"secret {secret_arn} must be JSON with string 'username' and 'password' keys"
+        )
     return dict(secret)
 
 

@@ -23,6 +23,9 @@ logger = logging.getLogger(__name__)
 ACTIVE_POINTER_NAME = "ACTIVE.json"
 VERSIONS_FOLDER = "versions"
 
+# GetObject answers NoSuchKey, HeadObject a bare 404 (it has no body to carry a code).
+_NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+
 
 class BundleStore(Protocol):
     """Read access to the files of one bundle."""
@@ -66,14 +69,21 @@ class S3Store:
         return f"{self.prefix}/{name}" if self.prefix else name
 
     def read(self, name: str) -> bytes:
+        content = self.read_if_exists(name)
+        if content is None:
+            raise BundleError(f"{self.location}/{name}: bundle file not found")
+        return content
+
+    def read_if_exists(self, name: str) -> bytes | None:
+        """Return the content of ``name``, or None when S3 has no such key."""
         if "/" in name or name in {"", ".", ".."}:
             raise BundleError(f"{self.location}: file name {name!r} leaves the bundle prefix")
         try:
             response = self.client.get_object(Bucket=self.bucket, Key=self.key(name))
             return bytes(response["Body"].read())
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in {"NoSuchKey", "404"}:
-                raise BundleError(f"{self.location}/{name}: bundle file not found") from exc
+            if exc.response.get("Error", {}).get("Code") in _NOT_FOUND_CODES:
+                return None
             raise BundleError(f"{self.location}/{name}: cannot read from S3: {exc}") from exc
         except BotoCoreError as exc:
             raise BundleError(f"{self.location}/{name}: cannot read from S3: {exc}") from exc
@@ -82,8 +92,10 @@ class S3Store:
         try:
             self.client.head_object(Bucket=self.bucket, Key=self.key(name))
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+            if exc.response.get("Error", {}).get("Code") in _NOT_FOUND_CODES:
                 return False
+            raise BundleError(f"{self.location}/{name}: cannot read from S3: {exc}") from exc
+        except BotoCoreError as exc:
             raise BundleError(f"{self.location}/{name}: cannot read from S3: {exc}") from exc
         return True
 
@@ -119,13 +131,22 @@ def open_store(uri: str, *, s3_client: Any = None) -> BundleStore:
 
 
 def _active_version_prefix(store: S3Store) -> str:
-    raw = store.read(ACTIVE_POINTER_NAME)
+    raw = store.read_if_exists(ACTIVE_POINTER_NAME)
+    if raw is None:
+        raise BundleError(
+            f"{store.location}: no bundle found, because the prefix has neither manifest.json "
+            f"nor {ACTIVE_POINTER_NAME}. Publish a bundle there with `python -m training "
+            f"publish`, or set MODEL_URI to a {VERSIONS_FOLDER}/<version> prefix"
+        )
     try:
         pointer = json.loads(raw)
-        version = str(pointer["version"])
+        version = pointer["version"]
     except (ValueError, KeyError, TypeError) as exc:
-        raise BundleError(f"{store.location}/{ACTIVE_POINTER_NAME}: invalid pointer: {exc}") from exc
-    if not version or "/" in version or version in {".", ".."}:
+        raise BundleError(
+            f"{store.location}/{ACTIVE_POINTER_NAME}: invalid pointer, expected a JSON object "
+            f'like {{"version": "<bundle version>"}}: {type(exc).__name__}: {exc}'
+        ) from exc
+    if not isinstance(version, str) or not version or "/" in version or version in {".", ".."}:
         raise BundleError(f"{store.location}/{ACTIVE_POINTER_NAME}: invalid version {version!r}")
     logger.info("active bundle version under %s is %s", store.location, version)
     return store.key(f"{VERSIONS_FOLDER}/{version}")

@@ -4,17 +4,28 @@ Python's ``json`` module keeps the last of two equal keys, so ``{"a": 1, "a": 2}
 silently become ``{"a": 2}``. Scoring money decisions on a body whose meaning depends
 on the parser is unsafe, so such bodies are rejected, as are bodies over the size limit
 and bodies that are not ``application/json``.
+
+Bodies must also be UTF-8 (RFC 8259, section 8.1), nest at most ``MAX_JSON_DEPTH``
+levels and contain no unpaired surrogate escape such as ``"\\ud800"``. FastAPI echoes
+invalid input in its 422 answers, and echoing deeply nested values or strings that
+cannot be encoded as UTF-8 would otherwise fail with a 500.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
+
+# Valid bodies nest 4 levels ({"transactions": [{"features": {...}}]}).
+MAX_JSON_DEPTH = 32
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 class DuplicateKeyError(ValueError):
@@ -30,18 +41,59 @@ def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
+def _check_depth(value: Any) -> None:
+    """Raise HTTPException when ``value`` nests deeper than ``MAX_JSON_DEPTH`` levels."""
+    level = [value] if isinstance(value, dict | list) else []
+    depth = 1
+    while level:
+        if depth > MAX_JSON_DEPTH:
+            raise HTTPException(400, f"invalid JSON: nested deeper than {MAX_JSON_DEPTH} levels")
+        children: list[Any] = []
+        for item in level:
+            members = item.values() if isinstance(item, dict) else item
+            children.extend(child for child in members if isinstance(child, dict | list))
+        level = children
+        depth += 1
+
+
+def _check_surrogates(text: str, value: Any) -> None:
+    """Raise HTTPException when a string of ``value`` holds an unpaired surrogate."""
+    # Valid UTF-8 cannot encode surrogates, so they can only come from \uD800-\uDFFF escapes.
+    if not _SURROGATE_ESCAPE.search(text):
+        return
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise HTTPException(
+            400, "invalid JSON: a string contains an unpaired surrogate escape"
+        ) from exc
+
+
 def check_json_body(raw: bytes, *, max_bytes: int) -> None:
-    """Raise HTTPException when ``raw`` is too large, not JSON, or has duplicate keys."""
+    """Raise HTTPException when ``raw`` is too large, not UTF-8 JSON, or has duplicate keys.
+
+    Also rejects bodies nested deeper than ``MAX_JSON_DEPTH`` levels, unpaired
+    surrogate escapes, and integers longer than Python's digit limit (4300 by default).
+    """
     if len(raw) > max_bytes:
         raise HTTPException(413, f"request body is {len(raw)} bytes; the limit is {max_bytes}")
     try:
-        json.loads(raw, object_pairs_hook=_reject_duplicates)
+        # A leading byte order mark is dropped, as FastAPI's own parser drops it.
+        text = raw.decode("utf-8-sig")
+        parsed = json.loads(text, object_pairs_hook=_reject_duplicates)
     except DuplicateKeyError as exc:
         raise HTTPException(400, f"invalid JSON: duplicate key {str(exc)[:128]!r}") from exc
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        raise HTTPException(400, f"invalid JSON: body is not UTF-8: {exc}"[:300]) from exc
+    except json.JSONDecodeError as exc:
         raise HTTPException(400, f"invalid JSON: {exc}"[:300]) from exc
     except RecursionError as exc:
         raise HTTPException(400, "invalid JSON: nested too deeply") from exc
+    except ValueError as exc:
+        # int() raises this for integers over sys.get_int_max_str_digits() digits.
+        raise HTTPException(400, "invalid JSON: an integer has too many digits") from exc
+    _check_depth(parsed)
+    _check_surrogates(text, parsed)
 
 
 class StrictJSONRoute(APIRoute):
