@@ -45,10 +45,11 @@ class RecordingAudit:
         self.records: list = []
         self.fail = fail
 
-    def write(self, records) -> None:  # type: ignore[no-untyped-def]
+    def write(self, records, keep_conflicts=False) -> dict:  # type: ignore[no-untyped-def]
         if self.fail:
             raise AuditError("database is down")
         self.records.extend(records)
+        return {}
 
 
 def test_escalated_answer_carries_stage2_probability(bundle, examples) -> None:  # type: ignore[no-untyped-def]

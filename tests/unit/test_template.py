@@ -6,6 +6,7 @@ turned into their long form. Nothing here calls AWS or runs SAM.
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 from collections.abc import Iterator
@@ -501,6 +502,26 @@ def test_custom_metric_alarms_use_emitted_names(template):
 
     assert {"AuditWriteFailures", "Escalations", "Decisions"} <= set(names)
     assert set(names) <= EMITTED_METRICS
+
+
+def test_dashboard_body_is_json(template):
+    body, variables = template["Resources"]["ServiceDashboard"]["Properties"]["DashboardBody"][
+        "Fn::Sub"]
+    # Numbers for the threshold parameters, a plain string for every other substitution.
+    numeric = {"EscalationRateMin", "EscalationRateMax"}
+    filled = re.sub(r"\$\{([^}]+)\}",
+                    lambda match: "0.1" if match.group(1) in numeric else "x", body)
+
+    widgets = json.loads(filled)["widgets"]
+    assert len(widgets) >= 6
+    assert set(variables) == {"FallbackQueueName", "DeadLetterQueueName"}
+
+
+def test_api_access_log_format_is_json(template):
+    log_format = template["Resources"]["ScoringApi"]["Properties"]["AccessLogSettings"]["Format"]
+
+    fields = json.loads(log_format)
+    assert {"requestId", "status", "routeKey", "integrationError"} <= set(fields)
 
 
 # --------------------------------------------------------------------- samconfig

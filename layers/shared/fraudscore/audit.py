@@ -1,10 +1,13 @@
 """Audit trail: one row per decision in PostgreSQL (or SQLite for the local demo).
 
 The table is created by an explicit command (``python -m fraudscore.audit_schema``),
-never per request. Inserts are parameterized SQLAlchemy Core statements: one round trip
-per decision, one multi-row statement per batch. ``decision_id`` is the primary key and
-inserts skip rows whose id already exists, so writing the same record twice (a replay of
-the fallback queue, a retried request) never creates a duplicate.
+never per request. Inserts are parameterized SQLAlchemy Core statements: one multi-row
+statement per request, in one transaction.
+
+Two keys make writes idempotent. ``decision_id`` is the primary key, so replaying a
+record from the fallback spool or queue never duplicates it. ``idempotency_key`` (the
+transaction id) is unique, so a client that repeats a transaction id gets the stored
+decision back, or :class:`IdempotencyConflictError` when the features differ.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from sqlalchemy import (
     JSON,
     Boolean,
     Column,
+    Connection,
     DateTime,
     Engine,
     Float,
@@ -35,7 +39,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import SQLAlchemyError
 
-from fraudscore.exceptions import AuditError
+from fraudscore.exceptions import AuditError, IdempotencyConflictError
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +64,11 @@ audit_decisions = Table(
     Column("degraded", Boolean, nullable=False, server_default=text("false")),
     Column("degraded_reason", String(64), nullable=True),
     Column("manual_review", Boolean, nullable=False, server_default=text("false")),
+    # Equal to transaction_id, except for a replayed record whose transaction id was taken
+    # by a decision with other features while the database was down: that record is kept
+    # under "<transaction_id>#conflict#<decision_id>" with idempotency_conflict set.
+    Column("idempotency_key", String(256), nullable=False, unique=True),
+    Column("idempotency_conflict", Boolean, nullable=False, server_default=text("false")),
     Index("ix_audit_decisions_transaction_id", "transaction_id"),
     Index("ix_audit_decisions_decided_at", "decided_at"),
 )
@@ -87,7 +96,9 @@ class AuditRecord:
     manual_review: bool = False
 
     def to_row(self) -> dict[str, Any]:
-        return asdict(self)
+        row = asdict(self)
+        row["idempotency_key"] = self.transaction_id
+        return row
 
     def to_json(self) -> str:
         """Serialize for the fallback spool or queue (ISO-8601 time)."""
@@ -100,6 +111,16 @@ class AuditRecord:
         row = json.loads(raw)
         row["decided_at"] = datetime.fromisoformat(row["decided_at"])
         return cls(**row)
+
+
+_FIELDS = tuple(AuditRecord.__dataclass_fields__)
+
+
+def _conflict_row(record: AuditRecord) -> dict[str, Any]:
+    row = record.to_row()
+    row["idempotency_key"] = f"{record.transaction_id}#conflict#{record.decision_id}"
+    row["idempotency_conflict"] = True
+    return row
 
 
 _INSERT_BY_DIALECT = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
@@ -122,31 +143,90 @@ class AuditStore:
             raise AuditError(f"unsupported audit database dialect {dialect!r}")
         self._insert_function = _INSERT_BY_DIALECT[dialect]
 
-    def write(self, records: Sequence[AuditRecord]) -> None:
-        """Insert ``records`` in one statement; existing decision ids are skipped.
+    def write(
+        self, records: Sequence[AuditRecord], *, keep_conflicts: bool = False
+    ) -> dict[str, AuditRecord]:
+        """Insert ``records`` in one transaction and return the repeats it found.
+
+        Parameters
+        ----------
+        records : sequence of AuditRecord
+            Decisions to record.
+        keep_conflicts : bool
+            False (serving): a transaction id already stored with other features raises
+            IdempotencyConflictError and nothing is written. True (replay): such a record
+            is stored as a flagged conflict instead, so no returned decision is lost.
+
+        Returns
+        -------
+        dict of str to AuditRecord
+            For each record whose transaction id was already stored with the same
+            features, its ``decision_id`` mapped to the stored record.
 
         Raises
         ------
         AuditError
             If the database rejects the statement or cannot be reached.
+        IdempotencyConflictError
+            See ``keep_conflicts``.
         """
         if not records:
-            return
-        # One multi-row VALUES statement, so a batch costs one round trip.
-        statement = (
-            self._insert_function(audit_decisions)
-            .values([record.to_row() for record in records])
-            .on_conflict_do_nothing(index_elements=["decision_id"])
-        )
+            return {}
         try:
             with self.engine.begin() as connection:
-                connection.execute(statement)
+                inserted = self._insert_rows(connection, [r.to_row() for r in records])
+                pending = [r for r in records if r.decision_id not in inserted]
+                if not pending:
+                    return {}
+                return self._resolve_repeats(connection, pending, keep_conflicts)
         except SQLAlchemyError as exc:
             ids = ", ".join(record.decision_id for record in records[:3])
             raise AuditError(
                 f"audit insert of {len(records)} record(s) failed (decision ids {ids}"
                 f"{', ...' if len(records) > 3 else ''}): {type(exc).__name__}"
             ) from exc
+
+    def _insert_rows(self, connection: Connection, rows: list[dict[str, Any]]) -> set[str]:
+        # One multi-row VALUES statement, so a batch costs one round trip.
+        statement = (
+            self._insert_function(audit_decisions)
+            .values(rows)
+            .on_conflict_do_nothing()
+            .returning(audit_decisions.c.decision_id)
+        )
+        return set(connection.execute(statement).scalars())
+
+    def _resolve_repeats(
+        self, connection: Connection, pending: list[AuditRecord], keep_conflicts: bool
+    ) -> dict[str, AuditRecord]:
+        keys = sorted({record.transaction_id for record in pending})
+        stored = {
+            row.idempotency_key: AuditRecord(**{name: getattr(row, name) for name in _FIELDS})
+            for row in connection.execute(
+                select(audit_decisions).where(audit_decisions.c.idempotency_key.in_(keys))
+            )
+        }
+        repeats: dict[str, AuditRecord] = {}
+        conflicts: list[AuditRecord] = []
+        for record in pending:
+            existing = stored.get(record.transaction_id)
+            if existing is None or existing.decision_id == record.decision_id:
+                continue  # already stored under its own decision id: a replayed record
+            if existing.features_sha256 == record.features_sha256:
+                repeats[record.decision_id] = existing
+            else:
+                conflicts.append(record)
+
+        if conflicts and not keep_conflicts:
+            raise IdempotencyConflictError(
+                f"transaction_id {conflicts[0].transaction_id!r} was already scored with "
+                "different features; use a new transaction_id"
+            )
+        if conflicts:
+            logger.error("storing %d replayed record(s) as idempotency conflicts: %s",
+                         len(conflicts), ", ".join(r.decision_id for r in conflicts))
+            self._insert_rows(connection, [_conflict_row(r) for r in conflicts])
+        return repeats
 
     def ping(self) -> bool:
         """Return True when the audit table can be queried."""

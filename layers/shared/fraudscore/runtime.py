@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fraudscore.audit import AuditStore
+from fraudscore.audit_fallback import AuditFallback, SpoolFallback, SqsFallback
 from fraudscore.breaker import CircuitBreaker
 from fraudscore.bundle import Bundle, load_bundle
 from fraudscore.database import create_audit_engine
@@ -63,11 +64,19 @@ class Runtime:
                 breaker=CircuitBreaker(
                     settings.stage2_breaker_threshold, settings.stage2_breaker_cooldown_seconds
                 ),
+                fallback=make_audit_fallback(settings) if runtime.audit else None,
             )
         except FraudScoreError as exc:
             runtime.load_error = str(exc)
             logger.error("serving runtime failed to start: %s", exc)
         return runtime
+
+
+def make_audit_fallback(settings: Settings) -> AuditFallback:
+    """The SQS queue when ``AUDIT_FALLBACK_QUEUE_URL`` is set, else the local spool file."""
+    if settings.audit_fallback_queue_url:
+        return SqsFallback(settings.audit_fallback_queue_url)
+    return SpoolFallback(settings.audit_spool_path)
 
 
 def make_stage2_client(settings: Settings, bundle: Bundle) -> Stage2Client:

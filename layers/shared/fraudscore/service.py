@@ -17,10 +17,11 @@ from typing import Any
 import numpy as np
 
 from fraudscore.audit import AuditRecord, AuditStore
+from fraudscore.audit_fallback import AuditFallback
 from fraudscore.breaker import CircuitBreaker
 from fraudscore.bundle import Bundle
 from fraudscore.decision import Decision, Stage
-from fraudscore.exceptions import Stage2Error
+from fraudscore.exceptions import AuditError, Stage2Error
 from fraudscore.routing import combine
 from fraudscore.settings import Stage2FailurePolicy
 from fraudscore.stage2_client import Stage2Client
@@ -51,6 +52,8 @@ class ScoredBatch:
     escalated: int
     stage2_latency_ms: float | None = None
     stage2_error: str | None = None
+    audit_fallback: str | None = None
+    repeats: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +84,8 @@ class DecisionService:
         When stage 2 fails: keep the stage-1 decision, or also flag for manual review.
     breaker : CircuitBreaker or None
         Skips stage 2 while it keeps failing.
+    fallback : AuditFallback or None
+        Where records go when the audit store fails; without one, the failure is raised.
     """
 
     def __init__(
@@ -91,12 +96,16 @@ class DecisionService:
         *,
         failure_policy: Stage2FailurePolicy = Stage2FailurePolicy.STAGE1,
         breaker: CircuitBreaker | None = None,
+        fallback: AuditFallback | None = None,
     ) -> None:
         self.bundle = bundle
         self.stage2 = stage2
         self.audit = audit
         self.failure_policy = failure_policy
         self.breaker = breaker
+        self.fallback = fallback
+        # "ok" after the last write reached the database, the fallback's name otherwise.
+        self.audit_status = "ok" if audit is not None else "disabled"
 
     def decide(
         self, transactions: Sequence[TransactionInput], *, request_id: str | None = None
@@ -107,8 +116,11 @@ class DecisionService:
         ------
         FeatureValidationError
             If any transaction's features do not match the schema; nothing is scored.
+        IdempotencyConflictError
+            If a transaction id was already scored with other features.
         AuditError
-            If the audit store rejects the records; the decisions are then not returned.
+            If neither the audit store nor the fallback accepted the records; the
+            decisions are then not returned.
         """
         started = time.perf_counter()
         request_id = request_id or uuid.uuid4().hex
@@ -125,12 +137,34 @@ class DecisionService:
             transactions, matrix, stage1_probability, outcome, final, escalated,
             request_id=request_id, latency_ms=latency_ms,
         )
-        if self.audit is not None:
-            self.audit.write(records)
+        repeats, fallback = self._record(records, request_id)
+        for i, record in enumerate(records):
+            stored = repeats.get(record.decision_id)
+            if stored is not None:
+                decisions[i] = decision_from_record(stored)
+                records[i] = stored
         return ScoredBatch(
             request_id, decisions, records, latency_ms, int(escalated.sum()),
-            outcome.latency_ms, outcome.error,
+            outcome.latency_ms, outcome.error, fallback, len(repeats),
         )
+
+    def _record(
+        self, records: list[AuditRecord], request_id: str
+    ) -> tuple[dict[str, AuditRecord], str | None]:
+        if self.audit is None:
+            return {}, None
+        try:
+            repeats = self.audit.write(records)
+        except AuditError as exc:
+            if self.fallback is None:
+                raise
+            logger.error("audit store failed for request %s, using the %s fallback: %s",
+                         request_id, self.fallback.name, exc)
+            self.fallback.write(records)
+            self.audit_status = self.fallback.name
+            return {}, self.fallback.name
+        self.audit_status = "ok"
+        return repeats, None
 
     def _score_stage2(
         self, matrix: np.ndarray, escalated: np.ndarray, request_id: str
@@ -211,6 +245,22 @@ class DecisionService:
                 )
             )
         return decisions, records
+
+
+def decision_from_record(record: AuditRecord) -> Decision:
+    """Rebuild the decision that ``record`` stores (for repeated transaction ids)."""
+    return Decision(
+        transaction_id=record.transaction_id,
+        is_fraud=record.is_fraud,
+        fraud_probability=record.final_probability,
+        stage=Stage(record.stage),
+        stage1_probability=record.stage1_probability,
+        stage2_probability=record.stage2_probability,
+        model_version=record.model_version,
+        degraded=record.degraded,
+        degraded_reason=record.degraded_reason,
+        manual_review=record.manual_review,
+    )
 
 
 def decision_log_fields(decision: Decision, record: AuditRecord) -> dict[str, Any]:

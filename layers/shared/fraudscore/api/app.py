@@ -23,7 +23,8 @@ from fraudscore.api.models import (
 )
 from fraudscore.api.page import CONTENT_SECURITY_POLICY, render_page
 from fraudscore.api.strict_json import StrictJSONRoute
-from fraudscore.exceptions import AuditError, FeatureValidationError
+from fraudscore.audit_fallback import SpoolFallback
+from fraudscore.exceptions import AuditError, FeatureValidationError, IdempotencyConflictError
 from fraudscore.observability import logger, metrics
 from fraudscore.runtime import Runtime
 from fraudscore.service import DecisionService, ScoredBatch, TransactionInput, decision_log_fields
@@ -98,6 +99,8 @@ def _decide(runtime: Runtime, transactions: list[Transaction], request_id: str) 
             "the decision could not be recorded in the audit trail, so it was not returned; "
             "retry the request"
         ) from exc
+    except IdempotencyConflictError as exc:
+        raise HTTPException(409, str(exc)) from exc
     _observe(batch)
     return batch
 
@@ -118,7 +121,16 @@ def _observe(batch: ScoredBatch) -> None:
         metrics.add_metric(name="Stage2Errors", unit="Count", value=1)
     if degraded:
         metrics.add_metric(name="DegradedDecisions", unit="Count", value=degraded)
+    if batch.audit_fallback is not None:
+        metrics.add_metric(name="AuditWriteFailures", unit="Count", value=1)
+        metrics.add_metric(name="AuditFallbackWrites", unit="Count", value=total)
     metrics.flush_metrics()
+
+
+def _audit_state(runtime: Runtime) -> str:
+    if runtime.audit is None:
+        return "disabled"
+    return "ok" if runtime.audit.ping() else "unreachable"
 
 
 def _build_router(runtime: Runtime) -> APIRouter:
@@ -148,21 +160,27 @@ def _build_router(runtime: Runtime) -> APIRouter:
 
     @router.get("/health", response_model=HealthResponse, tags=["operations"])
     def health() -> JSONResponse:
-        """Liveness and readiness: bundle loaded and audit store reachable."""
-        bundle = runtime.bundle
-        if runtime.audit is None:
-            audit = "disabled"
-        else:
-            audit = "ok" if runtime.audit.ping() else "unreachable"
-        ready = bundle is not None and audit != "unreachable"
+        """Liveness and readiness: bundle loaded and audit store (or its fallback) usable."""
+        service = runtime.service
         body = HealthResponse(
-            status="ok" if ready else "unavailable",
-            bundle_loaded=bundle is not None,
-            model_version=bundle.version if bundle else None,
-            audit_store=audit,
+            status="ok",
+            bundle_loaded=service is not None,
+            model_version=service.bundle.version if service else None,
+            audit_store=_audit_state(runtime),
             detail=runtime.load_error,
         )
-        return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
+        if service is not None:
+            body.audit_fallback = None if service.audit_status in {"ok", "disabled"} \
+                else service.audit_status
+            if isinstance(service.fallback, SpoolFallback):
+                body.audit_spool_pending = service.fallback.pending()
+            body.stage2_circuit_open = bool(service.breaker and service.breaker.is_open)
+        if service is None or (body.audit_store == "unreachable" and service.fallback is None):
+            body.status = "unavailable"
+        elif body.audit_store == "unreachable" or body.audit_fallback or body.stage2_circuit_open:
+            body.status = "degraded"
+        code = 503 if body.status == "unavailable" else 200
+        return JSONResponse(body.model_dump(), status_code=code)
 
     @router.get("/metadata", response_model=MetadataResponse, tags=["operations"])
     def metadata() -> dict[str, Any]:

@@ -78,6 +78,15 @@ class HealthResponse(BaseModel):
     bundle_loaded: bool
     model_version: str | None
     audit_store: Literal["ok", "unreachable", "disabled"]
+    audit_fallback: str | None = Field(
+        default=None,
+        description="'spool' or 'sqs' while audit records go to the fallback instead of "
+        "the database; null when the database takes them.",
+    )
+    audit_spool_pending: int | None = Field(
+        default=None, description="Records waiting in the local spool file for replay."
+    )
+    stage2_circuit_open: bool = False
     detail: str | None = None
 
 

@@ -1,0 +1,106 @@
+"""Durable fallbacks for audit records that PostgreSQL did not accept.
+
+A decision is returned only after its audit record is stored somewhere durable: in the
+database, or else in a fallback from which :mod:`fraudscore.audit_replay` writes it to
+the database later. In AWS the fallback is an SQS queue (with its own dead-letter
+queue); locally it is an append-only JSON Lines spool file.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from fraudscore.audit import AuditRecord
+from fraudscore.exceptions import AuditError
+
+logger = logging.getLogger(__name__)
+
+# SQS accepts at most 10 messages per SendMessageBatch call.
+SQS_BATCH_LIMIT = 10
+
+
+class AuditFallback(Protocol):
+    """Somewhere durable to keep audit records until they can be replayed."""
+
+    name: str
+
+    def write(self, records: Sequence[AuditRecord]) -> None:
+        """Store ``records`` durably or raise AuditError."""
+        ...
+
+
+class SpoolFallback:
+    """Appends records to a JSON Lines file, one ``fsync`` per write.
+
+    Appends hold an exclusive ``flock`` on the file, so several worker processes can
+    share one spool. Replay renames the file first; later appends start a new file.
+    """
+
+    name = "spool"
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def write(self, records: Sequence[AuditRecord]) -> None:
+        payload = "".join(record.to_json() + "\n" for record in records).encode("utf-8")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX)
+                os.write(descriptor, payload)
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
+        except OSError as exc:
+            raise AuditError(f"audit spool {self.path} is not writable: {exc}") from exc
+        logger.warning("spooled %d audit record(s) to %s", len(records), self.path)
+
+    def pending(self) -> int:
+        """Number of records waiting in the spool file (0 when it does not exist)."""
+        try:
+            with self.path.open("rb") as handle:
+                return sum(1 for _ in handle)
+        except FileNotFoundError:
+            return 0
+
+
+class SqsFallback:
+    """Sends records to an SQS queue; the replay function consumes it."""
+
+    name = "sqs"
+
+    def __init__(self, queue_url: str, client: Any = None) -> None:
+        if client is None:
+            import boto3
+
+            client = boto3.client("sqs")
+        self.queue_url = queue_url
+        self.client = client
+
+    def write(self, records: Sequence[AuditRecord]) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        for chunk in _chunks(records, SQS_BATCH_LIMIT):
+            entries = [{"Id": str(i), "MessageBody": record.to_json()}
+                       for i, record in enumerate(chunk)]
+            try:
+                response = self.client.send_message_batch(QueueUrl=self.queue_url,
+                                                          Entries=entries)
+            except (BotoCoreError, ClientError) as exc:
+                raise AuditError(f"audit fallback queue send failed: {exc}") from exc
+            failed = response.get("Failed") or []
+            if failed:
+                ids = ", ".join(chunk[int(entry["Id"])].decision_id for entry in failed)
+                raise AuditError(f"audit fallback queue rejected decision ids {ids}")
+        logger.warning("sent %d audit record(s) to the fallback queue", len(records))
+
+
+def _chunks(records: Sequence[AuditRecord], size: int) -> Iterator[Sequence[AuditRecord]]:
+    for start in range(0, len(records), size):
+        yield records[start:start + size]
