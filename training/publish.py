@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
+
 from fraudscore.bundle import MANIFEST_NAME, load_bundle
 from fraudscore.exceptions import BundleError
 from fraudscore.storage import (

@@ -62,7 +62,7 @@ def second_bundle_dir(bundle_dir: Path, tmp_path: Path) -> Path:
 
 
 class S3CallCounter:
-    """Counts the S3 API calls of one client through botocore's ``before-call`` event."""
+    """Recorder of one client's S3 API calls, through botocore's ``before-call`` event."""
 
     def __init__(self, client: Any) -> None:
         self.operations: list[str] = []
@@ -73,7 +73,7 @@ class S3CallCounter:
 
 
 class FailingPutClient:
-    """Wraps an S3 client; ``put_object`` raises for keys ending with ``fail_suffix``."""
+    """S3 client wrapper whose ``put_object`` fails for keys that end with ``fail_suffix``."""
 
     def __init__(self, client: Any, fail_suffix: str) -> None:
         self._client = client
@@ -90,7 +90,7 @@ class FailingPutClient:
 
 
 class CorruptingPutClient(FailingPutClient):
-    """Wraps an S3 client; uploads of keys ending with ``fail_suffix`` store other bytes."""
+    """S3 client wrapper that stores other bytes for keys that end with ``fail_suffix``."""
 
     def put_object(self, **kwargs: Any) -> Any:
         if kwargs["Key"].endswith(self._fail_suffix):

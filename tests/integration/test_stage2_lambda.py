@@ -19,7 +19,6 @@ import boto3
 import numpy as np
 import pytest
 from botocore.config import Config
-
 from fraudscore.bundle import Bundle, load_bundle
 from fraudscore.exceptions import Stage2Error
 from fraudscore.local_twin import LambdaInvokeServer, serve_lambda
@@ -99,7 +98,9 @@ def rows(bundle: Bundle) -> np.ndarray:
     return np.vstack([base, scaled])
 
 
-def _client(server: LambdaInvokeServer, name: str = FUNCTION_NAME, **options: float) -> LambdaStage2:
+def _client(
+    server: LambdaInvokeServer, name: str = FUNCTION_NAME, **options: float
+) -> LambdaStage2:
     timeouts = {"connect_timeout": 1.0, "read_timeout": READ_TIMEOUT, **options}
     return LambdaStage2(name, endpoint_url=server.endpoint_url, **timeouts)
 
@@ -110,11 +111,13 @@ def _score_error(client: LambdaStage2, rows: np.ndarray, version: str) -> Stage2
     return info.value
 
 
-def _serve_stage2(start_server: StartServer, service: Stage2Service, **options: Any) -> LambdaInvokeServer:
+def _serve_stage2(
+    start_server: StartServer, service: Stage2Service, **options: Any
+) -> LambdaInvokeServer:
     return start_server(lambda event, _context: service.handle(event), **options)
 
 
-def test_lambda_scores_equal_in_process(start_server, stage2_service, bundle, rows) -> None:  # type: ignore[no-untyped-def]
+def test_lambda_scores_equal_in_process(start_server, stage2_service, bundle, rows) -> None:
     server = _serve_stage2(start_server, stage2_service)
     scorer = BoosterScorer.from_bytes(
         bundle.stage2_model, n_features=len(bundle.schema), calibration=bundle.stage2_calibration
@@ -134,7 +137,7 @@ def test_lambda_scores_equal_in_process(start_server, stage2_service, bundle, ro
     assert server.invocations == 1
 
 
-def test_timeout_is_one_invocation(start_server, stage2_service, bundle, rows) -> None:  # type: ignore[no-untyped-def]
+def test_timeout_is_one_invocation(start_server, stage2_service, bundle, rows) -> None:
     server = _serve_stage2(start_server, stage2_service, delay_seconds=SLEEP_SECONDS)
 
     error = _score_error(_client(server), rows[:1], bundle.version)
@@ -144,7 +147,7 @@ def test_timeout_is_one_invocation(start_server, stage2_service, bundle, rows) -
     assert server.invocations == 1
 
 
-def test_default_boto3_client_retries_timeout(start_server, release) -> None:  # type: ignore[no-untyped-def]
+def test_default_boto3_client_retries_timeout(start_server, release) -> None:
     # Shows the check above can fail: with boto3's default retry settings the timed-out
     # invocation is sent again, so the function runs twice for one call.
     calls = itertools.count()
@@ -164,7 +167,7 @@ def test_default_boto3_client_retries_timeout(start_server, release) -> None:  #
     assert server.invocations == 2
 
 
-def test_function_error(start_server, bundle, rows) -> None:  # type: ignore[no-untyped-def]
+def test_function_error(start_server, bundle, rows) -> None:
     def failing(event: Any, _context: Any) -> None:
         raise RuntimeError("model exploded")
 
@@ -178,7 +181,7 @@ def test_function_error(start_server, bundle, rows) -> None:  # type: ignore[no-
     assert server.invocations == 1
 
 
-def test_function_timeout_inside_lambda(start_server, release, bundle, rows) -> None:  # type: ignore[no-untyped-def]
+def test_function_timeout_inside_lambda(start_server, release, bundle, rows) -> None:
     # The function's own timeout is shorter than the client's read timeout: Lambda answers
     # Sandbox.Timedout as a function error.
     server = start_server(lambda event, _context: release.wait(SLEEP_SECONDS),
@@ -190,7 +193,7 @@ def test_function_timeout_inside_lambda(start_server, release, bundle, rows) -> 
     assert "Sandbox.Timedout" in str(error)
 
 
-def test_version_mismatch_raised_by_stage2(start_server, stage2_service, rows) -> None:  # type: ignore[no-untyped-def]
+def test_version_mismatch_raised_by_stage2(start_server, stage2_service, rows) -> None:
     server = _serve_stage2(start_server, stage2_service)
 
     error = _score_error(_client(server), rows[:1], "another-bundle-version")
@@ -199,7 +202,7 @@ def test_version_mismatch_raised_by_stage2(start_server, stage2_service, rows) -
     assert server.invocations == 1
 
 
-def test_version_mismatch_in_answer(start_server, bundle, rows) -> None:  # type: ignore[no-untyped-def]
+def test_version_mismatch_in_answer(start_server, bundle, rows) -> None:
     server = start_server(
         lambda event, _context: {"bundle_version": "older", "probabilities": [0.5]}
     )
@@ -223,7 +226,7 @@ def test_version_mismatch_in_answer(start_server, bundle, rows) -> None:  # type
         ({"probabilities": [[0.5]]}, "nested list"),
     ],
 )
-def test_malformed_answer(start_server, bundle, rows, answer: Any, case: str) -> None:  # type: ignore[no-untyped-def]
+def test_malformed_answer(start_server, bundle, rows, answer: Any, case: str) -> None:
     if isinstance(answer, dict):
         answer = {"bundle_version": bundle.version, **answer}
     server = start_server(lambda event, _context: answer)
@@ -233,7 +236,7 @@ def test_malformed_answer(start_server, bundle, rows, answer: Any, case: str) ->
     assert error.reason == "malformed_response", case
 
 
-def test_answer_not_json(bundle, rows) -> None:  # type: ignore[no-untyped-def]
+def test_answer_not_json(bundle, rows) -> None:
     # The Python runtime always sends JSON, so a plain HTTP server sends the raw bytes.
     class RawAnswer(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
@@ -262,7 +265,7 @@ def test_answer_not_json(bundle, rows) -> None:  # type: ignore[no-untyped-def]
     assert error.reason == "malformed_response"
 
 
-def test_throttled(start_server, stage2_service, bundle, rows) -> None:  # type: ignore[no-untyped-def]
+def test_throttled(start_server, stage2_service, bundle, rows) -> None:
     server = _serve_stage2(start_server, stage2_service, reserved_concurrency=0)
 
     error = _score_error(_client(server), rows[:1], bundle.version)
@@ -272,7 +275,7 @@ def test_throttled(start_server, stage2_service, bundle, rows) -> None:  # type:
     assert server.invocations == 0
 
 
-def test_unknown_function(start_server, stage2_service, bundle, rows) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_function(start_server, stage2_service, bundle, rows) -> None:
     server = _serve_stage2(start_server, stage2_service)
 
     error = _score_error(_client(server, name="no-such-function"), rows[:1], bundle.version)
@@ -282,7 +285,7 @@ def test_unknown_function(start_server, stage2_service, bundle, rows) -> None:  
     assert server.invocations == 0
 
 
-def test_function_arn_with_alias(start_server, stage2_service, bundle, rows) -> None:  # type: ignore[no-untyped-def]
+def test_function_arn_with_alias(start_server, stage2_service, bundle, rows) -> None:
     # The SAM template passes the alias ARN of the function, not its name.
     server = _serve_stage2(start_server, stage2_service)
     arn = f"arn:aws:lambda:us-east-1:123456789012:function:{FUNCTION_NAME}:live"
@@ -295,7 +298,7 @@ def test_function_arn_with_alias(start_server, stage2_service, bundle, rows) -> 
     assert server.invocations == 1
 
 
-def test_endpoint_down(bundle, rows) -> None:  # type: ignore[no-untyped-def]
+def test_endpoint_down(bundle, rows) -> None:
     server = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
     url = f"http://127.0.0.1:{server.server_address[1]}"
     server.server_close()
@@ -316,7 +319,7 @@ def _uncertain_example(bundle: Bundle) -> dict[str, float]:
     return example
 
 
-def _lambda_client(make_client, server: LambdaInvokeServer, **overrides: Any):  # type: ignore[no-untyped-def]
+def _lambda_client(make_client, server: LambdaInvokeServer, **overrides: Any):
     return make_client(
         stage2_mode=Stage2Mode.LAMBDA,
         stage2_function_name=FUNCTION_NAME,
@@ -326,7 +329,7 @@ def _lambda_client(make_client, server: LambdaInvokeServer, **overrides: Any):  
     )
 
 
-def test_predict_through_lambda(start_server, stage2_service, make_client, bundle) -> None:  # type: ignore[no-untyped-def]
+def test_predict_through_lambda(start_server, stage2_service, make_client, bundle) -> None:
     server = _serve_stage2(start_server, stage2_service)
     example = _uncertain_example(bundle)
 
@@ -347,6 +350,21 @@ def test_predict_through_lambda(start_server, stage2_service, make_client, bundl
     )
 
 
+def test_predict_lambda_mode_given_as_string(
+    start_server, stage2_service, make_client, bundle
+) -> None:
+    # Settings overrides may be given as the strings the environment would hold.
+    server = _serve_stage2(start_server, stage2_service)
+    client = make_client(stage2_mode="lambda", stage2_function_name=FUNCTION_NAME,
+                         stage2_endpoint_url=server.endpoint_url)
+
+    response = client.post("/predict", json={"features": _uncertain_example(bundle)})
+
+    assert response.status_code == 200, response.text
+    assert response.json()["stage"] == "stage2"
+    assert server.invocations == 1, "stage 1 scored in process instead of invoking stage 2"
+
+
 def _failing(_event: Any, _context: Any) -> None:
     raise RuntimeError("stage 2 is broken")
 
@@ -354,9 +372,9 @@ def _failing(_event: Any, _context: Any) -> None:
 @pytest.mark.parametrize(
     ("failure", "reason"),
     [("raise", "function_error"), ("sleep", "timeout"), ("throttle", "throttled"),
-     ("stopped", "invoke_failed")],
+     ("stopped", "invoke_failed"), ("nested", "malformed_response")],
 )
-def test_predict_degrades_on_stage2_failure(  # type: ignore[no-untyped-def]
+def test_predict_degrades_on_stage2_failure(
     start_server, stage2_service, make_client, bundle, failure: str, reason: str
 ) -> None:
     if failure == "raise":
@@ -365,6 +383,10 @@ def test_predict_degrades_on_stage2_failure(  # type: ignore[no-untyped-def]
         server = _serve_stage2(start_server, stage2_service, delay_seconds=SLEEP_SECONDS)
     elif failure == "throttle":
         server = _serve_stage2(start_server, stage2_service, reserved_concurrency=0)
+    elif failure == "nested":
+        server = start_server(lambda event, _context: {
+            "bundle_version": event["bundle_version"], "probabilities": [[0.5]],
+        })
     else:
         server = _serve_stage2(start_server, stage2_service)
         server.stop()
@@ -381,7 +403,7 @@ def test_predict_degrades_on_stage2_failure(  # type: ignore[no-untyped-def]
     assert body["fraud_probability"] == body["stage1_probability"]
 
 
-def test_breaker_stops_invoking(start_server, make_client, bundle) -> None:  # type: ignore[no-untyped-def]
+def test_breaker_stops_invoking(start_server, make_client, bundle) -> None:
     threshold = 3
     server = start_server(_failing)
     client = _lambda_client(make_client, server, stage2_breaker_threshold=threshold,

@@ -37,7 +37,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from fraudscore.exceptions import AuditError, IdempotencyConflictError
 
@@ -102,7 +102,7 @@ class AuditRecord:
 
     def to_json(self) -> str:
         """Serialize for the fallback spool or queue (ISO-8601 time)."""
-        row = self.to_row()
+        row = asdict(self)
         row["decided_at"] = self.decided_at.isoformat()
         return json.dumps(row, sort_keys=True, allow_nan=False)
 
@@ -142,6 +142,7 @@ class AuditStore:
         if dialect not in _INSERT_BY_DIALECT:
             raise AuditError(f"unsupported audit database dialect {dialect!r}")
         self._insert_function = _INSERT_BY_DIALECT[dialect]
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
 
     def write(
         self, records: Sequence[AuditRecord], *, keep_conflicts: bool = False
@@ -173,18 +174,36 @@ class AuditStore:
         if not records:
             return {}
         try:
-            with self.engine.begin() as connection:
-                inserted = self._insert_rows(connection, [r.to_row() for r in records])
-                pending = [r for r in records if r.decision_id not in inserted]
-                if not pending:
-                    return {}
-                return self._resolve_repeats(connection, pending, keep_conflicts)
+            try:
+                return self._write_once(records, keep_conflicts)
+            except DBAPIError as exc:
+                if not exc.connection_invalidated:
+                    raise
+                # The pooled connection had died (database restart, idle timeout); the pool
+                # was invalidated, so one retry gets a fresh connection. No pre-ping is
+                # needed, which saves a round trip on every request.
+                logger.warning("audit connection was closed by the server; retrying once")
+                return self._write_once(records, keep_conflicts)
         except SQLAlchemyError as exc:
             ids = ", ".join(record.decision_id for record in records[:3])
             raise AuditError(
                 f"audit insert of {len(records)} record(s) failed (decision ids {ids}"
                 f"{', ...' if len(records) > 3 else ''}): {type(exc).__name__}"
             ) from exc
+
+    def _write_once(
+        self, records: Sequence[AuditRecord], keep_conflicts: bool
+    ) -> dict[str, AuditRecord]:
+        # A single row needs no explicit transaction: autocommit saves the BEGIN and
+        # COMMIT round trips. Several rows share one transaction, so a conflict on one
+        # of them (409) writes none of them.
+        engine = self._autocommit if len(records) == 1 else self.engine
+        with engine.begin() as connection:
+            inserted = self._insert_rows(connection, [r.to_row() for r in records])
+            pending = [r for r in records if r.decision_id not in inserted]
+            if not pending:
+                return {}
+            return self._resolve_repeats(connection, pending, keep_conflicts)
 
     def _insert_rows(self, connection: Connection, rows: list[dict[str, Any]]) -> set[str]:
         # One multi-row VALUES statement, so a batch costs one round trip.

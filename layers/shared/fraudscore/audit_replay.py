@@ -24,6 +24,10 @@ logger = logging.getLogger(__name__)
 REPLAY_CHUNK = 500
 
 
+class SpoolFormatError(ValueError):
+    """A spool line other than the last cannot be parsed; the file is kept for inspection."""
+
+
 def replay_spool(spool: Path, store: AuditStore) -> int:
     """Write every record of ``spool`` (and of earlier interrupted replays) to ``store``.
 
@@ -54,16 +58,19 @@ def _claim(spool: Path) -> Path | None:
 
 
 def _read(path: Path) -> list[AuditRecord]:
+    lines = path.read_text(encoding="utf-8").splitlines()
     records = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append(AuditRecord.from_json(line))
-            except (ValueError, TypeError, KeyError) as exc:
-                # A torn last line (the process died mid-write) is the only expected case.
-                logger.error("skipping unreadable spool line %s:%d: %s", path, number, exc)
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(AuditRecord.from_json(line))
+        except (ValueError, TypeError, KeyError) as exc:
+            if number < len(lines):
+                raise SpoolFormatError(f"{path}:{number}: unreadable audit record: {exc}") from exc
+            # A torn last line means the process died during the write, before fsync
+            # returned, so that decision was never returned to a caller.
+            logger.error("skipping torn last spool line %s:%d: %s", path, number, exc)
     return records
 
 

@@ -24,7 +24,9 @@ logger = logging.getLogger(__name__)
 def read_database_secret(secret_arn: str, client: Any = None) -> dict[str, Any]:
     """Fetch the ``username``/``password`` secret that RDS manages for the database.
 
-    The secret value is never logged; error messages name only the ARN.
+    This module never logs the secret value, and its error messages name only the ARN.
+    NOTE: botocore logs whole response bodies at DEBUG level, the secret included, so
+    the ``botocore`` loggers must stay at INFO or above wherever this runs.
 
     Raises
     ------
@@ -82,9 +84,10 @@ def database_url(settings: Settings, secrets_client: Any = None) -> URL:
 
 
 def create_audit_engine(settings: Settings, secrets_client: Any = None) -> Engine:
-    """Create the process-wide audit engine (pooled; pre-ping drops dead connections)."""
+    """Create the process-wide audit engine (pooled, reused by every request)."""
     url = database_url(settings, secrets_client)
-    options: dict[str, Any] = {"pool_pre_ping": True}
+    # No pre-ping: AuditStore retries once on a connection the server had closed.
+    options: dict[str, Any] = {}
     connect_args: dict[str, Any] = {}
 
     if url.get_backend_name() == "postgresql":

@@ -1,12 +1,12 @@
 """Local twin of the AWS topology, for machines without Docker: ``python -m fraudscore.local_twin``.
 
-Two servers run in one process, both on 127.0.0.1:
+Two servers run on 127.0.0.1:
 
 * a Lambda Invoke API endpoint (``POST /2015-03-31/functions/{name}/invocations``) that
-  runs the stage-2 handler, ``functions/stage2/handler.py``;
+  runs the stage-2 handler, ``functions/stage2/handler.py``, in a child process;
 * stage 1, ``functions/stage1/app.py``, under uvicorn, with ``STAGE2_MODE=lambda`` and
-  ``STAGE2_ENDPOINT_URL`` pointing at that endpoint, so escalations go through the real
-  boto3 Lambda client exactly as in AWS.
+  ``STAGE2_ENDPOINT_URL`` pointing at that endpoint, so escalations go through the same
+  boto3 Lambda client as in AWS.
 
 The endpoint answers as the Lambda service does for synchronous (``RequestResponse``)
 invocations: the handler's return value as a JSON body with status 200; a handler
@@ -25,8 +25,10 @@ import argparse
 import importlib.util
 import json
 import logging
+import multiprocessing
 import os
 import re
+import signal
 import threading
 import time
 import uuid
@@ -34,12 +36,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from multiprocessing.process import BaseProcess
+from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-logger = logging.getLogger(__name__)
+# A fixed name: run as `python -m`, this module is named __main__ (or __mp_main__).
+logger = logging.getLogger("fraudscore.local_twin")
 
 LOCAL_HOST = "127.0.0.1"
 REGION = "us-east-1"
@@ -51,6 +56,10 @@ DEFAULT_MEMORY_MB = 1769
 
 # AWS quota for the request and the response payload of a synchronous invocation.
 MAX_PAYLOAD_BYTES = 6 * 1024 * 1024
+
+LOG_FORMAT = "%(levelname)s %(processName)s %(name)s: %(message)s"
+STARTUP_TIMEOUT_SECONDS = 120.0
+STOP_TIMEOUT_SECONDS = 10.0
 
 INVOKE_PATH = re.compile(r"^/2015-03-31/functions/(?P<name>[^/]+)/invocations$")
 
@@ -258,18 +267,24 @@ class _InvokeRequestHandler(BaseHTTPRequestHandler):
             outcome = server.run_handler(event, context)
         finally:
             server.release()
-        payload, function_error = _encode_outcome(outcome, context)
+        payload, error_type = _encode_outcome(outcome, context)
         elapsed_ms = (time.monotonic() - context.started) * 1000
         logger.info("%s request %s: %s in %.1f ms", server.function_name, context.aws_request_id,
-                    function_error or "ok", elapsed_ms)
+                    error_type or "ok", elapsed_ms)
 
         headers = {"X-Amz-Executed-Version": "$LATEST", "X-Amzn-RequestId": context.aws_request_id}
-        if function_error is not None:
-            headers["X-Amz-Function-Error"] = function_error
+        if error_type is not None:
+            headers["X-Amz-Function-Error"] = "Unhandled"
         self._send(HTTPStatus.OK, payload, headers)
 
     def _read_body(self) -> bytes | None:
-        length = int(self.headers.get("Content-Length") or 0)
+        raw_length = self.headers.get("Content-Length") or "0"
+        if not raw_length.isdigit():
+            self.close_connection = True
+            self._send_error(HTTPStatus.BAD_REQUEST, "InvalidRequestContentException",
+                             f"invalid Content-Length header: {raw_length!r}")
+            return None
+        length = int(raw_length)
         if length > MAX_PAYLOAD_BYTES:
             self.close_connection = True
             self._send_error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "RequestTooLargeException",
@@ -305,7 +320,7 @@ class _InvokeRequestHandler(BaseHTTPRequestHandler):
 
 
 def _encode_outcome(outcome: _Outcome, context: LocalLambdaContext) -> tuple[bytes, str | None]:
-    """Return the body and ``X-Amz-Function-Error`` value Lambda sends with status 200."""
+    """Return the body Lambda sends with status 200, and the error type of a function error."""
     request_id = context.aws_request_id
     if not outcome.finished:
         message = (f"RequestId: {request_id} Error: Task timed out after "
@@ -334,7 +349,7 @@ def _function_error(error_type: str, message: str, request_id: str) -> tuple[byt
     # The stack trace stays in the twin's log; the caller gets an empty list.
     body = {"errorMessage": message, "errorType": error_type, "requestId": request_id,
             "stackTrace": []}
-    return json.dumps(body).encode("utf-8"), "Unhandled"
+    return json.dumps(body).encode("utf-8"), error_type
 
 
 def _split_function_name(value: str) -> tuple[str, str | None]:
@@ -450,9 +465,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the Lambda Invoke API and stage 1 until interrupted; return the exit code."""
+    """Run the stage-2 endpoint and stage 1 until interrupted; return the exit code."""
     args = _parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     stage1_path = args.functions_dir / "stage1" / "app.py"
     stage2_path = args.functions_dir / "stage2" / "handler.py"
     for path in (stage1_path, stage2_path):
@@ -463,20 +478,79 @@ def main(argv: Sequence[str] | None = None) -> int:
     lambda_url = f"http://{LOCAL_HOST}:{args.lambda_port}"
     configure_environment(model_uri=args.model_uri, database_url=args.database_url,
                           function_name=args.function_name, lambda_url=lambda_url)
-    stage2 = import_from_path("local_twin_stage2", stage2_path)
-    server, thread = serve_lambda(
-        stage2.handler, port=args.lambda_port, function_name=args.function_name,
-        timeout_seconds=args.timeout_seconds, delay_seconds=args.delay_ms / 1000,
-    )
+    options = {"timeout_seconds": args.timeout_seconds, "delay_seconds": args.delay_ms / 1000}
+    # uvicorn re-raises SIGINT and SIGTERM after its shutdown; this handler turns them into
+    # SystemExit, so the stage-2 process is stopped below and the exit code is 0.
+    for stop_signal in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop_signal, _exit_on_signal)
+    stage2 = _start_stage2_process(stage2_path, args.lambda_port, args.function_name, options)
+    if stage2 is None:
+        return 1
     try:
+        # Imported here: the shared layer ships this module but not uvicorn.
         import uvicorn
 
         stage1 = import_from_path("local_twin_stage1", stage1_path)
         uvicorn.run(stage1.app, host=LOCAL_HOST, port=args.port, log_level="info")
     finally:
-        server.stop()
-        thread.join()
+        stage2.terminate()
+        stage2.join(STOP_TIMEOUT_SECONDS)
     return 0
+
+
+def _exit_on_signal(signum: int, _frame: Any) -> None:
+    logger.info("stopping on %s", signal.Signals(signum).name)
+    raise SystemExit(0)
+
+
+def _start_stage2_process(
+    handler_path: Path, port: int, function_name: str, options: dict[str, Any]
+) -> BaseProcess | None:
+    """Start the stage-2 endpoint in its own process; return None if it failed to start.
+
+    Stage 2 runs in a separate process, as in AWS, so stage 1 never imports xgboost and
+    the two functions share no logger state.
+    """
+    context = multiprocessing.get_context("spawn")
+    ready = context.Event()
+    process = context.Process(
+        target=_serve_stage2,
+        args=(handler_path, port, function_name, options, ready, os.getpid()),
+        name=f"lambda-{function_name}",
+        daemon=True,
+    )
+    process.start()
+    deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
+    while not ready.wait(0.2):
+        if not process.is_alive() or time.monotonic() > deadline:
+            logger.error("the stage-2 endpoint on port %d did not start (exit code %s)",
+                         port, process.exitcode)
+            process.terminate()
+            return None
+    return process
+
+
+def _serve_stage2(
+    handler_path: Path,
+    port: int,
+    function_name: str,
+    options: dict[str, Any],
+    ready: EventType,
+    parent_pid: int,
+) -> None:
+    """Serve the stage-2 handler until the parent process exits or the process is stopped."""
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    handler = import_from_path("local_twin_stage2", handler_path).handler
+    server, thread = serve_lambda(handler, port=port, function_name=function_name, **options)
+    ready.set()
+    try:
+        # Exit with the parent, so a killed twin leaves no server on the port.
+        while thread.is_alive() and os.getppid() == parent_pid:
+            thread.join(1.0)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
 
 
 if __name__ == "__main__":

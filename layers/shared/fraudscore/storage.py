@@ -23,7 +23,8 @@ logger = logging.getLogger(__name__)
 ACTIVE_POINTER_NAME = "ACTIVE.json"
 VERSIONS_FOLDER = "versions"
 
-# GetObject answers NoSuchKey, HeadObject a bare 404 (it has no body to carry a code).
+# A missing key fails GetObject with NoSuchKey but HeadObject with a bare 404, because a
+# HEAD response has no body to carry an error code.
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 
 

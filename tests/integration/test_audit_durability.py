@@ -1,0 +1,100 @@
+"""The audit trail keeps every returned decision while PostgreSQL is unreachable."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, make_url, text
+
+from fraudscore.audit import create_schema
+from fraudscore.audit_replay import replay_spool
+from tests.tcp_proxy import CuttableProxy
+
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+
+REQUESTS = 1200
+OUTAGE = range(300, 800)
+
+
+@pytest.fixture
+def proxied_database(postgres_database_url: str):  # type: ignore[no-untyped-def]
+    url = make_url(postgres_database_url)
+    proxy = CuttableProxy(url.host or "127.0.0.1", url.port or 5432)
+    yield url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False), proxy
+    proxy.close()
+
+
+def test_outage_loses_and_duplicates_nothing(  # type: ignore[no-untyped-def]
+    make_client, proxied_database, postgres_database_url: str, bundle_dir: Path, tmp_path: Path
+) -> None:
+    database_url, proxy = proxied_database
+    direct = create_engine(postgres_database_url)
+    create_schema(direct)
+    spool = tmp_path / "spool.jsonl"
+    client = make_client(database_url=database_url, audit_spool_path=str(spool),
+                         database_connect_timeout_seconds=1.0,
+                         database_pool_timeout_seconds=1.0)
+    examples = json.loads((bundle_dir / "manifest.json").read_text())["example_transactions"]
+    kinds = ["confident_genuine", "uncertain"]
+
+    returned = []
+    health_during_outage = None
+    for i in range(REQUESTS):
+        if i == OUTAGE.start:
+            proxy.cut()
+        if i == OUTAGE.stop:
+            proxy.restore()
+        body = {"transaction_id": f"tx-{i}", "features": examples[kinds[i % 2]]}
+        response = client.post("/predict", json=body)
+        assert response.status_code == 200, (i, response.text)
+        returned.append(response.json())
+        if i == OUTAGE.start + 10:
+            health_during_outage = client.get("/health").json()
+
+    assert health_during_outage is not None
+    assert health_during_outage["audit_fallback"] == "spool"
+    assert health_during_outage["status"] == "degraded"
+    spooled = sum(1 for _ in spool.open())
+    assert spooled >= len(OUTAGE) - 5  # a few requests may land before the pool notices
+
+    runtime = client.app.state.runtime
+    assert replay_spool(spool, runtime.audit) == spooled
+    assert replay_spool(spool, runtime.audit) == 0  # a second replay finds nothing
+
+    with direct.connect() as connection:
+        rows = connection.execute(text(
+            "SELECT transaction_id, count(*) AS n FROM audit_decisions GROUP BY transaction_id"
+        )).all()
+    counts = {row.transaction_id: row.n for row in rows}
+    assert len(counts) == REQUESTS
+    assert set(counts) == {answer["transaction_id"] for answer in returned}
+    assert set(counts.values()) == {1}
+    assert client.get("/health").json()["audit_fallback"] is None
+    direct.dispose()
+
+
+def test_replaying_twice_adds_nothing(  # type: ignore[no-untyped-def]
+    make_client, postgres_database_url: str, bundle_dir: Path, tmp_path: Path
+) -> None:
+    direct = create_engine(postgres_database_url)
+    create_schema(direct)
+    spool = tmp_path / "spool.jsonl"
+    client = make_client(database_url=postgres_database_url, audit_spool_path=str(spool))
+    examples = json.loads((bundle_dir / "manifest.json").read_text())["example_transactions"]
+    client.post("/predict", json={"transaction_id": "once", "features": examples["uncertain"]})
+    with direct.connect() as connection:
+        row = connection.execute(text("SELECT * FROM audit_decisions")).mappings().one()
+    record_json = json.dumps({**{k: v for k, v in row.items()
+                                 if k not in {"idempotency_key", "idempotency_conflict"}},
+                              "decided_at": row["decided_at"].isoformat()})
+    spool.write_text(record_json + "\n" + record_json + "\n")
+
+    replayed = replay_spool(spool, client.app.state.runtime.audit)
+
+    with direct.connect() as connection:
+        count = connection.execute(text("SELECT count(*) FROM audit_decisions")).scalar_one()
+    assert replayed == 2
+    assert count == 1
+    direct.dispose()

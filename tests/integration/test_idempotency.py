@@ -1,0 +1,92 @@
+"""Repeated transaction ids: same features give the stored decision, others give 409."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from fraudscore.audit import create_schema
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, sqlite_url: str) -> str:  # type: ignore[no-untyped-def]
+    if request.param == "sqlite":
+        return sqlite_url
+    url = request.getfixturevalue("postgres_database_url")
+    create_schema(create_engine(url))
+    return url
+
+
+@pytest.fixture(scope="module")
+def examples(bundle_dir: Path) -> dict[str, dict[str, float]]:
+    return json.loads((bundle_dir / "manifest.json").read_text())["example_transactions"]
+
+
+def _rows(url: str, transaction_id: str) -> int:
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        count = connection.execute(
+            text("SELECT count(*) FROM audit_decisions WHERE transaction_id = :t"),
+            {"t": transaction_id},
+        ).scalar_one()
+    engine.dispose()
+    return int(count)
+
+
+def test_repeat_returns_stored_decision(make_client, database_url, examples) -> None:  # type: ignore[no-untyped-def]
+    client = make_client(database_url=database_url)
+    body = {"transaction_id": "repeat-1", "features": examples["uncertain"]}
+
+    first = client.post("/predict", json=body)
+    second = client.post("/predict", json=body)
+
+    assert first.status_code == 200
+    assert second.status_code == 200
+    assert second.json() == first.json()
+    assert _rows(database_url, "repeat-1") == 1
+
+
+def test_reused_id_with_other_features_conflicts(make_client, database_url, examples) -> None:  # type: ignore[no-untyped-def]
+    client = make_client(database_url=database_url)
+    client.post("/predict", json={"transaction_id": "reuse-1",
+                                  "features": examples["uncertain"]})
+
+    response = client.post("/predict", json={"transaction_id": "reuse-1",
+                                              "features": examples["confident_genuine"]})
+
+    assert response.status_code == 409
+    assert "reuse-1" in response.json()["detail"]
+    assert _rows(database_url, "reuse-1") == 1
+
+
+def test_batch_with_conflict_writes_nothing(make_client, database_url, examples) -> None:  # type: ignore[no-untyped-def]
+    client = make_client(database_url=database_url)
+    client.post("/predict", json={"transaction_id": "batch-taken",
+                                  "features": examples["uncertain"]})
+    batch = {"transactions": [
+        {"transaction_id": "batch-new", "features": examples["uncertain"]},
+        {"transaction_id": "batch-taken", "features": examples["confident_genuine"]},
+    ]}
+
+    response = client.post("/predict/batch", json=batch)
+
+    assert response.status_code == 409
+    assert _rows(database_url, "batch-new") == 0
+
+
+def test_batch_repeat_is_idempotent(make_client, database_url, examples) -> None:  # type: ignore[no-untyped-def]
+    client = make_client(database_url=database_url)
+    batch = {"transactions": [
+        {"transaction_id": f"b-{i}", "features": examples[name]}
+        for i, name in enumerate(["uncertain", "confident_genuine", "uncertain"])
+    ]}
+
+    first = client.post("/predict/batch", json=batch)
+    second = client.post("/predict/batch", json=batch)
+
+    assert first.status_code == 200 and second.status_code == 200
+    assert second.json()["decisions"] == first.json()["decisions"]
+    assert [_rows(database_url, f"b-{i}") for i in range(3)] == [1, 1, 1]
