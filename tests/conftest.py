@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -14,6 +15,40 @@ from fraudscore.settings import Settings
 
 REFERENCE_DATA_ENV = "FRAUD_REFERENCE_DATA"
 TEST_DATABASE_ENV = "TEST_DATABASE_URL"
+
+# Every PostgreSQL URL in the tests carries this password (the local server trusts
+# 127.0.0.1 and ignores it), so a test at the end of the run can search everything the
+# suite logged for it.
+DATABASE_PASSWORD = f"pw-{uuid.uuid4().hex}"
+CAPTURED_OUTPUT: list[str] = []
+
+
+class _CaptureAll(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        CAPTURED_OUTPUT.append(self.format(record))
+        if record.exc_info:
+            CAPTURED_OUTPUT.append(logging.Formatter().formatException(record.exc_info))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    handler = _CaptureAll(level=logging.DEBUG)
+    logging.getLogger().addHandler(handler)
+    # Powertools' Logger does not propagate to the root logger.
+    from fraudscore.observability import SERVICE_NAME
+
+    logging.getLogger(SERVICE_NAME).addHandler(handler)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Keep each test's captured stdout, stderr and log, and any failure text."""
+    CAPTURED_OUTPUT.extend(content for _name, content in report.sections)
+    if report.failed:
+        CAPTURED_OUTPUT.append(report.longreprtext)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run tests marked ``runs_last`` after all others."""
+    items.sort(key=lambda item: item.get_closest_marker("runs_last") is not None)
 
 
 @pytest.fixture(scope="session")
@@ -37,7 +72,7 @@ def postgres_url() -> str:
     url = os.environ.get(TEST_DATABASE_ENV)
     if not url:
         pytest.skip(f"{TEST_DATABASE_ENV} is not set (e.g. postgresql+pg8000://postgres@127.0.0.1/test)")
-    return url
+    return make_url(url).set(password=DATABASE_PASSWORD).render_as_string(hide_password=False)
 
 
 @pytest.fixture

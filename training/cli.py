@@ -6,7 +6,9 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from training import columns
@@ -107,7 +109,7 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
         "model bundle with a report.",
     )
     source = command.add_mutually_exclusive_group(required=True)
-    source.add_argument("--data", type=Path, help="history as a .parquet or .csv file")
+    source.add_argument("--data", help="history as a .parquet or .csv file, local or s3://")
     source.add_argument("--db", help="history in PostgreSQL: SQLAlchemy URL (with --table)")
     command.add_argument("--table", default="transactions", help="table name with --db")
     command.add_argument("--out", required=True, type=Path, help="bundle output directory")
@@ -132,6 +134,9 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
                          help="evaluate on all test transactions, including those of cards "
                          "already known to be compromised")
     command.add_argument("--seed", type=int, default=42, help="random seed")
+    command.add_argument("--publish-to", metavar="S3_URI",
+                         help="after training, publish the bundle to s3://bucket/prefix and make "
+                         "it the active version")
     command.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     command.set_defaults(run=_run_train)
 
@@ -159,9 +164,32 @@ def _run_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=not args.no_progress and sys.stderr.isatty(),
     )
-    out = train(config, data_path=args.data, database_url=args.db, table=args.table)
+    with _local_copy(args.data) as data_path:
+        out = train(config, data_path=data_path, database_url=args.db, table=args.table)
     logger.info("bundle written to %s (report: %s)", out, out / "report" / "report.md")
+    if args.publish_to:
+        from training.publish import publish_bundle
+
+        logger.info("published %s", publish_bundle(out, args.publish_to))
     return 0
+
+
+@contextmanager
+def _local_copy(data: str | None) -> Iterator[Path | None]:
+    """Yield a local path for ``data``, downloading an ``s3://`` object to a temp file."""
+    if data is None or not data.startswith("s3://"):
+        yield Path(data) if data else None
+        return
+    import boto3
+
+    from fraudscore.storage import parse_s3_uri
+
+    bucket, key = parse_s3_uri(data)
+    with tempfile.TemporaryDirectory() as directory:
+        target = Path(directory) / Path(key).name
+        logger.info("downloading %s", data)
+        boto3.client("s3").download_file(bucket, key, str(target))
+        yield target
 
 
 def _add_publish(commands: argparse._SubParsersAction) -> None:

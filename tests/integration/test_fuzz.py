@@ -3,7 +3,7 @@
 Hypothesis builds bodies that mix valid transactions with hostile values (NaN, infinities,
 huge integers, strings, booleans, nulls, nested containers, unpaired surrogates), missing,
 extra and renamed features, random transaction ids, raw JSON literals, random bytes and
-random content types. Each body carries the answer it must get: a body built valid gets a
+random content types. Each body carries the response it must get: a body built valid gets a
 200 with well-formed decisions and one audit row per decision, a body built invalid gets
 a 4xx with an error body and adds no audit row.
 """
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -38,7 +39,7 @@ CONTENT_TYPES = [
     "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x",
     "application/problem+json", "application/jsonp", ";", "", None,
 ]
-# Raw JSON text placed where a feature value goes; some are not valid JSON at all.
+# Raw JSON text placed where a feature value goes. Some of it is not valid JSON at all.
 LITERALS = [
     "NaN", "Infinity", "-Infinity", "1e400", "-1e400", "1e-400", "-0", "0e0", "1E1", "0.5",
     "01", ".5", "1.", "+1", "0x10", "1" * 400, "1" * 5000, "[" * 40 + "]" * 40,
@@ -65,7 +66,7 @@ class Spec:
 
 @dataclass(frozen=True)
 class FuzzRequest:
-    """A generated request and the answer it must get.
+    """A generated request and the response it must get.
 
     ``body`` is a JSON value, or bytes sent unchanged. ``valid`` is True when the body
     must be scored, False when it must be rejected, None when either is acceptable.
@@ -266,7 +267,7 @@ def _mutate(raw: bytes, data: st.DataObject) -> bytes:
 
 
 class Target:
-    """The API under test, the served schema, and the checks applied to every answer."""
+    """The API under test, the served schema, and the checks applied to every response."""
 
     def __init__(self, client: TestClient) -> None:
         self.client = client
@@ -274,11 +275,12 @@ class Target:
         self.specs = [Spec(f["name"], f["minimum"], f["maximum"]) for f in metadata["features"]]
         self.threshold: float = metadata["decision_threshold"]
         self.example: dict[str, float] = metadata["example_transaction"]
+        assert isinstance(client.app, FastAPI)
         self.audit = client.app.state.runtime.audit
         self._ids: Iterator[int] = itertools.count()
 
     def send(self, kind: str, path: str, request: FuzzRequest) -> None:
-        """Send ``request`` to ``path`` and check the answer against ``request.valid``."""
+        """Send ``request`` to ``path`` and check the response against ``request.valid``."""
         content, sent_ids = self._encode(request)
         headers = {} if request.content_type is None else {"content-type": request.content_type}
         before = self.audit.count()
@@ -313,9 +315,8 @@ class Target:
         text = json.dumps(body, ensure_ascii=request.ascii_only)
         if request.literal is not None:
             text = text.replace(json.dumps(RAW_MARK), request.literal, 1)
-        rows = body.get("transactions") if isinstance(body, dict) and "transactions" in body else [body]
         sent_ids = [row.get("transaction_id") if isinstance(row, dict) else None
-                    for row in (rows if isinstance(rows, list) else [])]
+                    for row in _rows(body)]
         return text.encode("utf-8", "surrogatepass"), sent_ids
 
     def _unique_ids(self, body: Any) -> Any:
@@ -324,12 +325,21 @@ class Target:
         The audit store returns the stored decision for a repeated id, or rejects it when
         the features differ, so repeats would blur the one-row-per-decision check.
         """
-        rows = body.get("transactions") if isinstance(body, dict) and "transactions" in body else [body]
-        for row in rows if isinstance(rows, list) else []:
-            if isinstance(row, dict) and isinstance(row.get("transaction_id"), str) \
-                    and _valid_id(row["transaction_id"]):
-                row["transaction_id"] = f"{row['transaction_id'][:96]}-{next(self._ids)}"
+        for row in _rows(body):
+            if not isinstance(row, dict):
+                continue
+            transaction_id = row.get("transaction_id")
+            if isinstance(transaction_id, str) and _valid_id(transaction_id):
+                row["transaction_id"] = f"{transaction_id[:96]}-{next(self._ids)}"
         return body
+
+
+def _rows(body: Any) -> list[Any]:
+    """The transaction objects of a /predict or /predict/batch body (empty if not a list)."""
+    if isinstance(body, dict) and "transactions" in body:
+        rows = body["transactions"]
+        return rows if isinstance(rows, list) else []
+    return [body]
 
 
 def _check_decision(decision: dict[str, Any], threshold: float) -> None:
@@ -376,7 +386,7 @@ def _run(quota: int, strategy: st.SearchStrategy[Any], check: Callable[[Any], No
 
 
 @pytest.fixture
-def target(make_client) -> Target:  # type: ignore[no-untyped-def]
+def target(make_client: Callable[..., TestClient]) -> Target:
     return Target(make_client(max_batch_size=MAX_BATCH_SIZE))
 
 

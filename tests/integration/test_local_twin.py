@@ -112,7 +112,7 @@ def test_twin_escalates_through_lambda_api(twin, bundle_dir: Path, make_client) 
 
     status, body = _post_json(f"{twin['url']}/predict", {"features": example})
     expected = make_client().post("/predict", json={"features": example}).json()
-    time.sleep(0.2)  # the stage-2 process logs the invocation after sending its answer
+    time.sleep(0.2)  # the stage-2 process logs the invocation after sending its response
     invocations_after = log.read_text().count("stage2 request")
 
     assert twin["health"]["model_version"] == manifest["bundle_version"]
@@ -137,17 +137,17 @@ def test_twin_serves_lambda_invoke_api(twin, bundle_dir: Path, monkeypatch) -> N
     event = {"bundle_version": manifest["bundle_version"], "correlation_id": "twin-test",
              "features": [row]}
 
-    answer = client.invoke(FunctionName="stage2", Payload=json.dumps(event).encode())
-    wrong = client.invoke(FunctionName="stage2",
-                          Payload=json.dumps({**event, "bundle_version": "other"}).encode())
+    response = client.invoke(FunctionName="stage2", Payload=json.dumps(event).encode())
+    mismatch = client.invoke(FunctionName="stage2",
+                             Payload=json.dumps({**event, "bundle_version": "other"}).encode())
 
-    assert "FunctionError" not in answer
-    body = json.loads(answer["Payload"].read())
+    assert "FunctionError" not in response
+    body = json.loads(response["Payload"].read())
     assert body["bundle_version"] == manifest["bundle_version"]
     assert len(body["probabilities"]) == 1
     assert 0.0 <= body["probabilities"][0] <= 1.0
-    assert wrong["FunctionError"] == "Unhandled"
-    assert json.loads(wrong["Payload"].read())["errorType"] == "Stage2VersionMismatchError"
+    assert mismatch["FunctionError"] == "Unhandled"
+    assert json.loads(mismatch["Payload"].read())["errorType"] == "Stage2VersionMismatchError"
 
 
 @pytest.mark.slow

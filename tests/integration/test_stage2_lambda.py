@@ -1,7 +1,7 @@
 """Stage 1 -> stage 2 through the real boto3 Lambda client, against a local Invoke endpoint.
 
 The endpoint is :func:`fraudscore.local_twin.serve_lambda` on 127.0.0.1. It serves the
-real stage-2 logic, or test handlers that sleep, raise or answer malformed bodies, and
+real stage-2 logic, or test handlers that sleep, raise or return malformed bodies, and
 counts the requests and invocations it sees.
 """
 
@@ -182,8 +182,8 @@ def test_function_error(start_server, bundle, rows) -> None:
 
 
 def test_function_timeout_inside_lambda(start_server, release, bundle, rows) -> None:
-    # The function's own timeout is shorter than the client's read timeout: Lambda answers
-    # Sandbox.Timedout as a function error.
+    # The function's own timeout is shorter than the client's read timeout, so Lambda returns
+    # a Sandbox.Timedout function error.
     server = start_server(lambda event, _context: release.wait(SLEEP_SECONDS),
                           timeout_seconds=0.1)
 
@@ -202,7 +202,7 @@ def test_version_mismatch_raised_by_stage2(start_server, stage2_service, rows) -
     assert server.invocations == 1
 
 
-def test_version_mismatch_in_answer(start_server, bundle, rows) -> None:
+def test_version_mismatch_in_response(start_server, bundle, rows) -> None:
     server = start_server(
         lambda event, _context: {"bundle_version": "older", "probabilities": [0.5]}
     )
@@ -213,7 +213,7 @@ def test_version_mismatch_in_answer(start_server, bundle, rows) -> None:
 
 
 @pytest.mark.parametrize(
-    ("answer", "case"),
+    ("response_body", "case"),
     [
         ("not an object", "JSON string"),
         ({"bundle_version": None}, "no probabilities"),
@@ -226,19 +226,19 @@ def test_version_mismatch_in_answer(start_server, bundle, rows) -> None:
         ({"probabilities": [[0.5]]}, "nested list"),
     ],
 )
-def test_malformed_answer(start_server, bundle, rows, answer: Any, case: str) -> None:
-    if isinstance(answer, dict):
-        answer = {"bundle_version": bundle.version, **answer}
-    server = start_server(lambda event, _context: answer)
+def test_malformed_response(start_server, bundle, rows, response_body: Any, case: str) -> None:
+    if isinstance(response_body, dict):
+        response_body = {"bundle_version": bundle.version, **response_body}
+    server = start_server(lambda event, _context: response_body)
 
     error = _score_error(_client(server), rows[:1], bundle.version)
 
     assert error.reason == "malformed_response", case
 
 
-def test_answer_not_json(bundle, rows) -> None:
+def test_response_not_json(bundle, rows) -> None:
     # The Python runtime always sends JSON, so a plain HTTP server sends the raw bytes.
-    class RawAnswer(BaseHTTPRequestHandler):
+    class RawResponse(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
             body = b"<html>not json</html>"
@@ -250,7 +250,7 @@ def test_answer_not_json(bundle, rows) -> None:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), RawAnswer)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), RawResponse)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -1,7 +1,7 @@
 """Bad and hostile request bodies: each gets a 4xx naming the problem and writes no audit row.
 
-422 answers have FastAPI's shape ``{"detail": [{"loc": [...], "msg": "..."}]}``; 400, 413
-and 415 answers have ``{"detail": "..."}``.
+422 responses have FastAPI's shape ``{"detail": [{"loc": [...], "msg": "..."}]}``, and
+400, 413 and 415 responses have ``{"detail": "..."}``.
 """
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlalchemy import select
-
 from fraudscore.audit import audit_decisions
+from fraudscore.runtime import Runtime
+from sqlalchemy import select
 
 FEATURE = "TX_AMOUNT"
 JSON_TYPE = "application/json"
@@ -26,11 +27,12 @@ LONG_NAME = "f" * 10_000
 RAW = "__raw_literal__"
 
 Metadata = dict[str, Any]
+ClientFactory = Callable[..., TestClient]
 
 
 @dataclass(frozen=True)
 class BadRequest:
-    """A request that must be rejected, and what the rejection must say."""
+    """A request that must be rejected, and the status and message it must get."""
 
     build: Callable[[Metadata], str | bytes]
     status: int
@@ -44,8 +46,9 @@ def _features(meta: Metadata) -> dict[str, Any]:
 
 
 def _body(meta: Metadata, *, features: Any = None, **top: Any) -> str:
-    payload = {"transaction_id": "t-1", "features": _features(meta) if features is None else features}
-    payload.update(top)
+    if features is None:
+        features = _features(meta)
+    payload = {"transaction_id": "t-1", "features": features, **top}
     return json.dumps(payload)
 
 
@@ -76,12 +79,12 @@ def _without_feature(meta: Metadata) -> str:
 
 def _duplicate_top_level(meta: Metadata) -> str:
     valid = json.dumps(_features(meta))
-    return '{"features": {}, "features": %s}' % valid
+    return f'{{"features": {{}}, "features": {valid}}}'
 
 
 def _duplicate_feature(meta: Metadata) -> str:
     valid = json.dumps(_features(meta))
-    return '{"features": %s, "%s": 1.0}}' % (valid[:-1], FEATURE)
+    return f'{{"features": {valid[:-1]}, "{FEATURE}": 1.0}}}}'
 
 
 def _nested(depth: int) -> str:
@@ -111,7 +114,8 @@ PREDICT_CASES = {
         _without_feature, 422, "missing required feature", ("body", "features", FEATURE),
     ),
     "string number": BadRequest(
-        _with_value(FEATURE, "1.5"), 422, "must be a number, got str", ("body", "features", FEATURE),
+        _with_value(FEATURE, "1.5"), 422, "must be a number, got str",
+        ("body", "features", FEATURE),
     ),
     "null value": BadRequest(
         _with_value(FEATURE, None), 422, "got null", ("body", "features", FEATURE),
@@ -270,7 +274,7 @@ BATCH_CASES = {
 
 
 @pytest.fixture
-def client(make_client) -> TestClient:  # type: ignore[no-untyped-def]
+def client(make_client: ClientFactory) -> TestClient:
     return make_client()
 
 
@@ -281,8 +285,16 @@ def metadata(client: TestClient) -> Metadata:
     return meta
 
 
+def _runtime(client: TestClient) -> Runtime:
+    assert isinstance(client.app, FastAPI)
+    runtime: Runtime = client.app.state.runtime
+    return runtime
+
+
 def _audit_count(client: TestClient) -> int:
-    return int(client.app.state.runtime.audit.count())
+    audit = _runtime(client).audit
+    assert audit is not None
+    return audit.count()
 
 
 def _check_rejection(response: Any, case: BadRequest) -> None:
@@ -299,7 +311,9 @@ def _check_rejection(response: Any, case: BadRequest) -> None:
 
 
 @pytest.mark.parametrize("case", PREDICT_CASES.values(), ids=PREDICT_CASES.keys())
-def test_predict_rejects_bad_input(client: TestClient, metadata: Metadata, case: BadRequest) -> None:
+def test_predict_rejects_bad_input(
+    client: TestClient, metadata: Metadata, case: BadRequest
+) -> None:
     before = _audit_count(client)
 
     response = _post(client, "/predict", case.build(metadata), case.content_type)
@@ -309,7 +323,9 @@ def test_predict_rejects_bad_input(client: TestClient, metadata: Metadata, case:
 
 
 @pytest.mark.parametrize("case", BATCH_CASES.values(), ids=BATCH_CASES.keys())
-def test_batch_rejects_bad_input(client: TestClient, metadata: Metadata, case: BadRequest) -> None:
+def test_batch_rejects_bad_input(
+    client: TestClient, metadata: Metadata, case: BadRequest
+) -> None:
     before = _audit_count(client)
 
     response = _post(client, "/predict/batch", case.build(metadata), case.content_type)
@@ -318,7 +334,7 @@ def test_batch_rejects_bad_input(client: TestClient, metadata: Metadata, case: B
     assert _audit_count(client) == before
 
 
-def test_batch_over_limit_rejected(make_client) -> None:  # type: ignore[no-untyped-def]
+def test_batch_over_limit_rejected(make_client: ClientFactory) -> None:
     client = make_client(max_batch_size=5)
     metadata = client.get("/metadata").json()
     before = _audit_count(client)
@@ -334,7 +350,7 @@ def test_batch_over_limit_rejected(make_client) -> None:  # type: ignore[no-unty
     assert _audit_count(client) == before + 5
 
 
-def test_small_body_limit_setting(make_client) -> None:  # type: ignore[no-untyped-def]
+def test_small_body_limit_setting(make_client: ClientFactory) -> None:
     client = make_client(max_body_bytes=256)
     metadata = client.get("/metadata").json()
     body = _body(metadata)
@@ -347,7 +363,7 @@ def test_small_body_limit_setting(make_client) -> None:  # type: ignore[no-untyp
     assert _audit_count(client) == 0
 
 
-def test_chunked_body_over_limit(make_client) -> None:  # type: ignore[no-untyped-def]
+def test_chunked_body_over_limit(make_client: ClientFactory) -> None:
     client = make_client(max_body_bytes=256)
     metadata = client.get("/metadata").json()
     body = _body(metadata).encode()
@@ -374,7 +390,9 @@ def test_valid_request_after_bad_input(client: TestClient, metadata: Metadata) -
         statuses[f"batch: {name}"] = response.status_code
     audited_after_bad_input = _audit_count(client)
 
-    valid = client.post("/predict", json={"transaction_id": "t-after", "features": _features(metadata)})
+    valid = client.post(
+        "/predict", json={"transaction_id": "t-after", "features": _features(metadata)}
+    )
 
     assert {name: status for name, status in statuses.items() if status >= 500} == {}
     assert audited_after_bad_input == 0
@@ -384,7 +402,8 @@ def test_valid_request_after_bad_input(client: TestClient, metadata: Metadata) -
 
 
 def test_sql_injection_leaves_audit_table(client: TestClient, metadata: Metadata) -> None:
-    runtime = client.app.state.runtime
+    audit = _runtime(client).audit
+    assert audit is not None
     hostile = [
         _body(metadata, transaction_id=SQL_INJECTION),
         _body(metadata, features={**_features(metadata), SQL_INJECTION: 1.0}),
@@ -392,12 +411,14 @@ def test_sql_injection_leaves_audit_table(client: TestClient, metadata: Metadata
     ]
 
     statuses = [_post(client, "/predict", body, JSON_TYPE).status_code for body in hostile]
-    # "--" is allowed in ids; a parameterized insert stores it as plain text.
-    dashes = client.post("/predict", json={"transaction_id": "t--1", "features": _features(metadata)})
+    # "--" is allowed in ids, and a parameterized insert stores it as plain text.
+    dashes = client.post(
+        "/predict", json={"transaction_id": "t--1", "features": _features(metadata)}
+    )
 
     assert statuses == [422, 422, 422]
-    assert runtime.audit.ping()
+    assert audit.ping()
     assert dashes.status_code == 200, dashes.text
-    with runtime.audit.engine.connect() as connection:
+    with audit.engine.connect() as connection:
         stored = connection.execute(select(audit_decisions.c.transaction_id)).scalars().all()
     assert stored == ["t--1"]

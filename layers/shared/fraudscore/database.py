@@ -2,7 +2,9 @@
 
 With ``DATABASE_SECRET_ARN`` set (AWS), the user name and password come from Secrets
 Manager, read once per container, and the engine connects to ``DATABASE_HOST`` (the RDS
-Proxy endpoint) with TLS. Otherwise ``DATABASE_URL`` is used as given.
+Proxy endpoint) with TLS. RDS rotates the managed password, so a login rejected for its
+password makes the engine read the secret again and retry once. Otherwise
+``DATABASE_URL`` is used as given.
 """
 
 from __future__ import annotations
@@ -61,6 +63,34 @@ def read_database_secret(secret_arn: str, client: Any = None) -> dict[str, Any]:
     return dict(secret)
 
 
+class SecretCredentials:
+    """User name and password from a Secrets Manager secret, cached until a login fails."""
+
+    def __init__(self, secret_arn: str, client: Any = None) -> None:
+        self.secret_arn = secret_arn
+        self.client = client
+        self._secret: dict[str, Any] | None = None
+
+    def get(self) -> dict[str, Any]:
+        if self._secret is None:
+            self._secret = read_database_secret(self.secret_arn, self.client)
+            logger.info("read database credentials from secret %s", self.secret_arn)
+        return self._secret
+
+    def refresh(self) -> dict[str, Any]:
+        self._secret = None
+        return self.get()
+
+
+# SQLSTATE of "password authentication failed" (PostgreSQL error class 28).
+INVALID_PASSWORD = "28P01"
+
+
+def _is_invalid_password(exc: Exception) -> bool:
+    details = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
+    return details.get("C") == INVALID_PASSWORD
+
+
 def database_url(settings: Settings, secrets_client: Any = None) -> URL:
     """Build the audit database URL from settings (and Secrets Manager when configured)."""
     if not settings.database_secret_arn:
@@ -69,23 +99,17 @@ def database_url(settings: Settings, secrets_client: Any = None) -> URL:
             url = url.set(drivername="postgresql+pg8000")
         return url
 
-    if not settings.database_host:
-        raise ConfigurationError(f"{Env.DATABASE_HOST} is required with {Env.DATABASE_SECRET_ARN}")
-    secret = read_database_secret(settings.database_secret_arn, secrets_client)
-    logger.info("read database credentials from secret %s", settings.database_secret_arn)
-    return URL.create(
-        "postgresql+pg8000",
-        username=secret["username"],
-        password=secret["password"],
-        host=settings.database_host,
-        port=settings.database_port,
-        database=settings.database_name,
-    )
+    return _secret_url(settings, SecretCredentials(settings.database_secret_arn, secrets_client))
 
 
 def create_audit_engine(settings: Settings, secrets_client: Any = None) -> Engine:
     """Create the process-wide audit engine (pooled, reused by every request)."""
-    url = database_url(settings, secrets_client)
+    credentials = None
+    if settings.database_secret_arn:
+        credentials = SecretCredentials(settings.database_secret_arn, secrets_client)
+        url = _secret_url(settings, credentials)
+    else:
+        url = database_url(settings)
     # No pre-ping: AuditStore retries once on a connection the server had closed.
     options: dict[str, Any] = {}
     connect_args: dict[str, Any] = {}
@@ -107,8 +131,42 @@ def create_audit_engine(settings: Settings, secrets_client: Any = None) -> Engin
     engine = create_engine(url, connect_args=connect_args, **options)
     if url.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
+    if credentials is not None:
+        event.listen(engine, "do_connect", _rotation_aware_connect(credentials))
     logger.info("audit engine created for %s", url.render_as_string(hide_password=True))
     return engine
+
+
+def _secret_url(settings: Settings, credentials: SecretCredentials) -> URL:
+    if not settings.database_host:
+        raise ConfigurationError(f"{Env.DATABASE_HOST} is required with {Env.DATABASE_SECRET_ARN}")
+    secret = credentials.get()
+    return URL.create(
+        "postgresql+pg8000",
+        username=secret["username"],
+        password=secret["password"],
+        host=settings.database_host,
+        port=settings.database_port,
+        database=settings.database_name,
+    )
+
+
+def _rotation_aware_connect(credentials: SecretCredentials) -> Any:
+    def connect(dialect: Any, _record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
+        secret = credentials.get()
+        cparams.update(user=secret["username"], password=secret["password"])
+        try:
+            return dialect.connect(*cargs, **cparams)
+        except dialect.loaded_dbapi.DatabaseError as exc:
+            if not _is_invalid_password(exc):
+                raise
+            logger.warning("database rejected the cached password; reading secret %s again",
+                           credentials.secret_arn)
+            secret = credentials.refresh()
+            cparams.update(user=secret["username"], password=secret["password"])
+            return dialect.connect(*cargs, **cparams)
+
+    return connect
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

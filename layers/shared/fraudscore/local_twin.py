@@ -8,11 +8,11 @@ Two servers run on 127.0.0.1:
   ``STAGE2_ENDPOINT_URL`` pointing at that endpoint, so escalations go through the same
   boto3 Lambda client as in AWS.
 
-The endpoint answers as the Lambda service does for synchronous (``RequestResponse``)
-invocations: the handler's return value as a JSON body with status 200; a handler
-exception as status 200 with the ``X-Amz-Function-Error: Unhandled`` header, which
-botocore reports as ``FunctionError``; service errors (unknown function, invalid JSON,
-throttling) as 4xx JSON errors named by the ``x-amzn-ErrorType`` header.
+The endpoint responds as the Lambda service does to synchronous (``RequestResponse``)
+invocations. The handler's return value is the JSON body of a status 200 response. A
+handler exception is also status 200, with the ``X-Amz-Function-Error: Unhandled``
+header that botocore reports as ``FunctionError``. Service errors (unknown function,
+invalid JSON, throttling) are 4xx JSON errors named by the ``x-amzn-ErrorType`` header.
 
 AWS credentials and region get dummy values when none are set, and ``AWS_ENDPOINT_URL``
 defaults to the local endpoint, so a boto3 client the service creates sends its requests
@@ -115,9 +115,9 @@ class LambdaInvokeServer(ThreadingHTTPServer):
     handler : callable
         ``handler(event, context)``, as the Lambda runtime calls it.
     function_name : str
-        The only function name served; other names answer ``ResourceNotFoundException``.
+        The only function name served. Other names get a 404 ``ResourceNotFoundException``.
     timeout_seconds : float
-        Function timeout: a longer invocation answers ``Sandbox.Timedout`` like Lambda.
+        Function timeout. A longer invocation returns a ``Sandbox.Timedout`` function error.
     memory_limit_in_mb : int
         Reported by the context object only; memory is not limited.
     reserved_concurrency : int or None
@@ -165,12 +165,12 @@ class LambdaInvokeServer(ThreadingHTTPServer):
         return f"http://{host!s}:{port}"
 
     def stop(self) -> None:
-        """Stop serving and close the socket; running handler calls are not waited for."""
+        """Stop serving and close the socket, without waiting for running handler calls."""
         self.shutdown()
         self.server_close()
 
     def acquire(self) -> bool:
-        """Count a request; return False when it must be throttled."""
+        """Count a request and return False when it must be throttled."""
         with self._lock:
             self.requests += 1
             limit = self.reserved_concurrency
@@ -211,7 +211,8 @@ class LambdaInvokeServer(ThreadingHTTPServer):
 
 class _InvokeRequestHandler(BaseHTTPRequestHandler):
     server: LambdaInvokeServer
-    # HTTP/1.1 keeps botocore's pooled connections open; every answer has a Content-Length.
+    # HTTP/1.1 keeps botocore's pooled connections open, so every response needs a
+    # Content-Length header.
     protocol_version = "HTTP/1.1"
 
     def do_POST(self) -> None:
@@ -311,8 +312,8 @@ class _InvokeRequestHandler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(body)
         except (BrokenPipeError, ConnectionResetError):
-            # The client gave up first (its read timeout); Lambda would drop the answer too.
-            logger.info("client closed the connection before the answer was sent")
+            # The client closed the connection first, for example at its read timeout.
+            logger.info("client closed the connection before the response was sent")
             self.close_connection = True
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -346,7 +347,7 @@ def _encode_outcome(outcome: _Outcome, context: LocalLambdaContext) -> tuple[byt
 
 
 def _function_error(error_type: str, message: str, request_id: str) -> tuple[bytes, str]:
-    # The stack trace stays in the twin's log; the caller gets an empty list.
+    # The twin logs the stack trace, and the caller gets an empty list.
     body = {"errorMessage": message, "errorType": error_type, "requestId": request_id,
             "stackTrace": []}
     return json.dumps(body).encode("utf-8"), error_type
@@ -479,8 +480,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_environment(model_uri=args.model_uri, database_url=args.database_url,
                           function_name=args.function_name, lambda_url=lambda_url)
     options = {"timeout_seconds": args.timeout_seconds, "delay_seconds": args.delay_ms / 1000}
-    # uvicorn re-raises SIGINT and SIGTERM after its shutdown; this handler turns them into
-    # SystemExit, so the stage-2 process is stopped below and the exit code is 0.
+    # uvicorn (0.55 here) re-raises SIGINT and SIGTERM after its own shutdown. This handler
+    # turns them into SystemExit, so the stage-2 process is stopped below and the exit code is 0.
     for stop_signal in (signal.SIGINT, signal.SIGTERM):
         signal.signal(stop_signal, _exit_on_signal)
     stage2 = _start_stage2_process(stage2_path, args.lambda_port, args.function_name, options)
@@ -506,7 +507,7 @@ def _exit_on_signal(signum: int, _frame: Any) -> None:
 def _start_stage2_process(
     handler_path: Path, port: int, function_name: str, options: dict[str, Any]
 ) -> BaseProcess | None:
-    """Start the stage-2 endpoint in its own process; return None if it failed to start.
+    """Start the stage-2 endpoint in its own process, or return None if it failed to start.
 
     Stage 2 runs in a separate process, as in AWS, so stage 1 never imports xgboost and
     the two functions share no logger state.

@@ -7,7 +7,7 @@ and bodies that are not ``application/json``.
 
 Bodies must also be UTF-8 (RFC 8259, section 8.1), nest at most ``MAX_JSON_DEPTH``
 levels and contain no unpaired surrogate escape such as ``"\\ud800"``. FastAPI echoes
-invalid input in its 422 answers, and echoing deeply nested values or strings that
+invalid input in its 422 responses, and echoing deeply nested values or strings that
 cannot be encoded as UTF-8 would otherwise fail with a 500.
 """
 
@@ -57,7 +57,7 @@ def _check_depth(value: Any) -> None:
 
 
 def _check_surrogates(text: str, value: Any) -> None:
-    """Raise HTTPException when a string of ``value`` holds an unpaired surrogate."""
+    """Raise HTTPException when a string of ``value`` contains an unpaired surrogate."""
     # Valid UTF-8 cannot encode surrogates, so they can only come from \uD800-\uDFFF escapes.
     if not _SURROGATE_ESCAPE.search(text):
         return
@@ -78,7 +78,7 @@ def check_json_body(raw: bytes, *, max_bytes: int) -> None:
     if len(raw) > max_bytes:
         raise HTTPException(413, f"request body is {len(raw)} bytes; the limit is {max_bytes}")
     try:
-        # A leading byte order mark is dropped, as FastAPI's own parser drops it.
+        # A leading byte order mark is dropped, as json.loads drops it when Starlette parses bytes.
         text = raw.decode("utf-8-sig")
         parsed = json.loads(text, object_pairs_hook=_reject_duplicates)
     except DuplicateKeyError as exc:

@@ -1,0 +1,95 @@
+"""The local server under concurrent load: no errors, one audit row per request."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, text
+
+from fraudscore.audit import create_schema
+from tests.conftest import CAPTURED_OUTPUT
+
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+REQUESTS = 5000
+CONCURRENCY = 32
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def _load(url: str, bodies: list[dict]) -> list[int]:
+    limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
+    semaphore = asyncio.Semaphore(CONCURRENCY)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
+
+        async def send(body: dict) -> int:
+            async with semaphore:
+                try:
+                    response = await client.post("/predict", json=body)
+                except httpx.HTTPError:
+                    return -1
+                return response.status_code
+
+        return await asyncio.gather(*(send(body) for body in bodies))
+
+
+def test_server_under_load_audits_every_request(
+    bundle_dir: Path, postgres_database_url: str, tmp_path: Path
+) -> None:
+    create_schema(create_engine(postgres_database_url))
+    port = _free_port()
+    log = tmp_path / "server.log"
+    env = {**os.environ, "MODEL_URI": str(bundle_dir), "DATABASE_URL": postgres_database_url,
+           "AUDIT_SPOOL_PATH": str(tmp_path / "spool.jsonl"), "POWERTOOLS_LOG_LEVEL": "WARNING"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "functions.stage1.app:app", "--host", "127.0.0.1",
+         "--port", str(port), "--no-access-log"],
+        cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        examples = json.loads((bundle_dir / "manifest.json").read_text())["example_transactions"]
+        kinds = ["confident_genuine", "uncertain"]
+        bodies = [{"transaction_id": f"load-{i}", "features": examples[kinds[i % 2]]}
+                  for i in range(REQUESTS)]
+
+        started = time.perf_counter()
+        statuses = asyncio.run(_load(url, bodies))
+        elapsed = time.perf_counter() - started
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        CAPTURED_OUTPUT.append(log.read_text())
+
+    errors = [status for status in statuses if status != 200]
+    print(f"{REQUESTS} requests at concurrency {CONCURRENCY}: {elapsed:.1f} s, "
+          f"{REQUESTS / elapsed:.0f} requests/s")
+    assert errors == []
+    engine = create_engine(postgres_database_url)
+    with engine.connect() as connection:
+        rows = connection.execute(text("SELECT count(DISTINCT transaction_id), count(*) "
+                                       "FROM audit_decisions")).one()
+    engine.dispose()
+    assert tuple(rows) == (REQUESTS, REQUESTS)
+    assert not (tmp_path / "spool.jsonl").exists()
