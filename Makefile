@@ -20,7 +20,7 @@ PORT ?= 3000
 # Offline checks of the template need a region and (dummy) credentials; nothing is sent.
 AWS_OFFLINE := AWS_DEFAULT_REGION=us-east-1 AWS_ACCESS_KEY_ID=offline AWS_SECRET_ACCESS_KEY=offline SAM_CLI_TELEMETRY=0
 
-.PHONY: help install demo simulate train serve twin audit-schema test test-fast lint iac-lint sam-build bench bench-smoke clean
+.PHONY: help install demo simulate train serve twin audit-schema test test-fast lint iac-lint sam-build bench bench-smoke reference-train clean
 
 help:
 	@echo "make demo        simulate history, train, serve on http://$(HOST):$(PORT)"
@@ -92,3 +92,9 @@ bench-smoke: install
 
 clean:
 	rm -rf .aws-sam data model audit.db audit.db-* audit-spool.jsonl
+
+# Full run on the public reference data set (see docs/model-quality.md).
+reference-train: install
+	@test -n "$(FRAUD_REFERENCE_DATA)" || { echo "set FRAUD_REFERENCE_DATA to the reference Parquet file"; exit 1; }
+	$(BIN)/python -m training train --data $(FRAUD_REFERENCE_DATA) --out model/reference \
+	    --test-start 2018-08-08 --train-start 2018-05-08

@@ -11,6 +11,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from fraudscore.exceptions import FraudScoreError
 from training import columns
 
 logger = logging.getLogger("training")
@@ -26,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.run(args) or 0)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, FraudScoreError) as exc:
         logger.error("%s", exc)
         return 2
 

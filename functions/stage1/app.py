@@ -13,7 +13,7 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from mangum import Mangum
 
-from fraudscore.api.app import create_app
+from fraudscore.api.app import create_app, with_root_path
 from fraudscore.observability import logger
 from fraudscore.runtime import Runtime
 from fraudscore.settings import Settings
@@ -23,8 +23,10 @@ runtime = Runtime.start(settings)
 app = create_app(runtime)
 
 # lifespan="off": the runtime is built above, at import, so there is no startup hook
-# for Mangum to run on every invocation.
-_mangum = Mangum(app, lifespan="off", api_gateway_base_path=settings.api_base_path or "/")
+# for Mangum to run on every invocation. Mangum keeps the stage prefix in the path and
+# with_root_path declares it as the ASGI root_path, so links under /docs keep it too.
+_mangum = Mangum(with_root_path(app, settings.api_base_path), lifespan="off",
+                 api_gateway_base_path="/")
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)

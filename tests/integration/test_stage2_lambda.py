@@ -19,6 +19,7 @@ import boto3
 import numpy as np
 import pytest
 from botocore.config import Config
+
 from fraudscore.bundle import Bundle, load_bundle
 from fraudscore.exceptions import Stage2Error
 from fraudscore.local_twin import LambdaInvokeServer, serve_lambda
@@ -29,8 +30,10 @@ from fraudscore.stage2_service import Stage2Service
 from fraudscore.storage import open_store
 
 FUNCTION_NAME = "stage2"
-# Long enough for a cold xgboost call on a slow CI machine, short enough to keep tests fast.
-READ_TIMEOUT = 0.5
+# Read timeouts: generous where stage 2 should answer in time, so a loaded CI machine does
+# not fail the test, and short where a handler sleeps SLEEP_SECONDS to force a timeout.
+READ_TIMEOUT = 5.0
+SHORT_READ_TIMEOUT = 0.5
 SLEEP_SECONDS = 2.0
 
 StartServer = Callable[..., LambdaInvokeServer]
@@ -140,7 +143,8 @@ def test_lambda_scores_equal_in_process(start_server, stage2_service, bundle, ro
 def test_timeout_is_one_invocation(start_server, stage2_service, bundle, rows) -> None:
     server = _serve_stage2(start_server, stage2_service, delay_seconds=SLEEP_SECONDS)
 
-    error = _score_error(_client(server), rows[:1], bundle.version)
+    error = _score_error(_client(server, read_timeout=SHORT_READ_TIMEOUT), rows[:1],
+                         bundle.version)
 
     assert error.reason == "timeout"
     assert server.requests == 1, "a timed-out invoke was retried"
@@ -159,7 +163,7 @@ def test_default_boto3_client_retries_timeout(start_server, release) -> None:
 
     server = start_server(slow_first_call)
     client = boto3.client("lambda", endpoint_url=server.endpoint_url,
-                          config=Config(connect_timeout=1.0, read_timeout=READ_TIMEOUT))
+                          config=Config(connect_timeout=1.0, read_timeout=SLEEP_SECONDS / 2))
 
     response = client.invoke(FunctionName=FUNCTION_NAME, Payload=b"{}")
 
@@ -320,13 +324,14 @@ def _uncertain_example(bundle: Bundle) -> dict[str, float]:
 
 
 def _lambda_client(make_client, server: LambdaInvokeServer, **overrides: Any):
-    return make_client(
-        stage2_mode=Stage2Mode.LAMBDA,
-        stage2_function_name=FUNCTION_NAME,
-        stage2_endpoint_url=server.endpoint_url,
-        stage2_read_timeout_seconds=READ_TIMEOUT,
+    settings = {
+        "stage2_mode": Stage2Mode.LAMBDA,
+        "stage2_function_name": FUNCTION_NAME,
+        "stage2_endpoint_url": server.endpoint_url,
+        "stage2_read_timeout_seconds": READ_TIMEOUT,
         **overrides,
-    )
+    }
+    return make_client(**settings)
 
 
 def test_predict_through_lambda(start_server, stage2_service, make_client, bundle) -> None:
@@ -377,10 +382,12 @@ def _failing(_event: Any, _context: Any) -> None:
 def test_predict_degrades_on_stage2_failure(
     start_server, stage2_service, make_client, bundle, failure: str, reason: str
 ) -> None:
+    overrides: dict[str, Any] = {}
     if failure == "raise":
         server = start_server(_failing)
     elif failure == "sleep":
         server = _serve_stage2(start_server, stage2_service, delay_seconds=SLEEP_SECONDS)
+        overrides["stage2_read_timeout_seconds"] = SHORT_READ_TIMEOUT
     elif failure == "throttle":
         server = _serve_stage2(start_server, stage2_service, reserved_concurrency=0)
     elif failure == "nested":
@@ -390,7 +397,7 @@ def test_predict_degrades_on_stage2_failure(
     else:
         server = _serve_stage2(start_server, stage2_service)
         server.stop()
-    client = _lambda_client(make_client, server)
+    client = _lambda_client(make_client, server, **overrides)
 
     response = client.post("/predict", json={"features": _uncertain_example(bundle)})
 

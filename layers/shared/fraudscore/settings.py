@@ -135,6 +135,10 @@ class Settings:
             raise ConfigurationError(
                 f"{Env.MAX_BATCH_SIZE} must be between 1 and 10000, got {self.max_batch_size}"
             )
+        if self.max_body_bytes <= 0:
+            raise ConfigurationError(
+                f"{Env.MAX_BODY_BYTES} must be positive, got {self.max_body_bytes}"
+            )
         for name in ("stage2_connect_timeout_seconds", "stage2_read_timeout_seconds"):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"{name.upper()} must be positive")

@@ -29,7 +29,8 @@ from fraudscore.observability import logger, metrics
 from fraudscore.runtime import Runtime
 from fraudscore.service import DecisionService, ScoredBatch, TransactionInput, decision_log_fields
 
-_REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+# API Gateway request ids are base64-like and may end in "=".
+_REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:=+/\-]{1,128}$")
 
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -55,7 +56,6 @@ def create_app(runtime: Runtime) -> FastAPI:
         version="1",
     )
     app.state.runtime = runtime
-    StrictJSONRoute.max_body_bytes = runtime.settings.max_body_bytes
     if runtime.settings.cors_allow_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -68,6 +68,26 @@ def create_app(runtime: Runtime) -> FastAPI:
     _add_exception_handlers(app)
     _add_security_headers(app)
     return app
+
+
+def with_root_path(app: Any, base_path: str) -> Any:
+    """Wrap ``app`` so every request has ASGI ``root_path`` = ``base_path`` (e.g. ``/v1``).
+
+    Behind an API Gateway stage the request path keeps the stage prefix. With the prefix
+    as ``root_path``, Starlette routes on the rest of the path, and the generated links
+    (the Swagger page's ``openapi.json``, redirects) keep the prefix. Paths that do not
+    start with the prefix (a custom domain without it) are routed unchanged.
+    """
+    prefix = "/" + base_path.strip("/") if base_path.strip("/") else ""
+    if not prefix:
+        return app
+
+    async def wrapped(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] in {"http", "websocket"}:
+            scope = {**scope, "root_path": prefix}
+        await app(scope, receive, send)
+
+    return wrapped
 
 
 def _service(runtime: Runtime) -> DecisionService:
@@ -134,7 +154,10 @@ def _audit_state(runtime: Runtime) -> str:
 
 
 def _build_router(runtime: Runtime) -> APIRouter:
-    router = APIRouter(route_class=StrictJSONRoute)
+    # A subclass per app, so two apps in one process keep their own body limits.
+    route_class = type("AppJSONRoute", (StrictJSONRoute,),
+                       {"max_body_bytes": runtime.settings.max_body_bytes})
+    router = APIRouter(route_class=route_class)
 
     @router.post("/predict", response_model=DecisionResponse, tags=["scoring"])
     def predict(transaction: Transaction, request: Request) -> dict[str, Any]:
@@ -220,6 +243,17 @@ def _add_exception_handlers(app: FastAPI) -> None:
                    "type": "value_error"}]
         return JSONResponse({"detail": detail}, status_code=422)
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's default handler echoes each invalid input whole; a 600 KB list or a
+        # 10,000-character key would come back in the response. Keep location and message.
+        detail = [
+            {"loc": [_shorten(part) for part in error.get("loc", ())],
+             "msg": _shorten(str(error.get("msg", ""))), "type": error.get("type", "")}
+            for error in exc.errors()[:MAX_REPORTED_ERRORS]
+        ]
+        return JSONResponse({"detail": detail}, status_code=422)
+
     @app.exception_handler(ServiceUnavailableError)
     async def unavailable(_request: Request, exc: ServiceUnavailableError) -> JSONResponse:
         return JSONResponse({"detail": exc.detail}, status_code=503, headers={"Retry-After": "1"})
@@ -228,6 +262,16 @@ def _add_exception_handlers(app: FastAPI) -> None:
     async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
+
+
+MAX_REPORTED_ERRORS = 20
+MAX_ECHOED_CHARACTERS = 128
+
+
+def _shorten(part: Any) -> Any:
+    if isinstance(part, str) and len(part) > MAX_ECHOED_CHARACTERS:
+        return part[:MAX_ECHOED_CHARACTERS] + "..."
+    return part
 
 
 def _add_security_headers(app: FastAPI) -> None:
