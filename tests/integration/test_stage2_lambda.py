@@ -2,7 +2,7 @@
 
 The endpoint is :func:`fraudscore.local_twin.serve_lambda` on 127.0.0.1. It serves the
 real stage-2 logic, or test handlers that sleep, raise or return malformed bodies, and
-counts the requests and invocations it sees.
+counts the requests and invocations it receives.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from fraudscore.stage2_service import Stage2Service
 from fraudscore.storage import open_store
 
 FUNCTION_NAME = "stage2"
-# Read timeouts: generous where stage 2 should answer in time, so a loaded CI machine does
+# Read timeouts: generous where stage 2 should respond in time, so a loaded CI machine does
 # not fail the test, and short where a handler sleeps SLEEP_SECONDS to force a timeout.
 READ_TIMEOUT = 5.0
 SHORT_READ_TIMEOUT = 0.5
@@ -63,7 +63,7 @@ def release() -> Iterator[threading.Event]:
 
 @pytest.fixture
 def start_server(release: threading.Event) -> Iterator[StartServer]:
-    """Start Invoke endpoints on free ports; stop them all at teardown."""
+    """Start Invoke endpoints on free ports, and stop them all at teardown."""
     started: list[tuple[LambdaInvokeServer, threading.Thread]] = []
 
     def start(handler: Callable[[Any, Any], Any], **options: Any) -> LambdaInvokeServer:

@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from sqlalchemy import select
+
 from fraudscore.audit import audit_decisions
 from fraudscore.runtime import Runtime
-from sqlalchemy import select
 
 FEATURE = "TX_AMOUNT"
 JSON_TYPE = "application/json"

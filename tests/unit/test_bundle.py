@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 import xgboost
 
-from fraudscore.calibration import PlattCalibration
 from fraudscore.bundle import FORMAT_VERSION, load_bundle, manifest_digest
+from fraudscore.calibration import PlattCalibration
 from fraudscore.exceptions import BundleError, BundleIntegrityError, BundleVersionError
 from fraudscore.stage2 import BoosterScorer
 from fraudscore.storage import DirectoryStore
@@ -58,14 +58,14 @@ def test_tampered_stage2_file_rejected(bundle_copy: Path) -> None:
     data[len(data) // 2] ^= 0xFF
     model.write_bytes(bytes(data))
 
-    with pytest.raises(BundleIntegrityError, match="stage2.ubj"):
+    with pytest.raises(BundleIntegrityError, match=r"stage2\.ubj"):
         load_bundle(DirectoryStore(bundle_copy))
 
 
 def test_tampered_metrics_file_rejected(bundle_copy: Path) -> None:
     (bundle_copy / "metrics.json").write_text("{}")
 
-    with pytest.raises(BundleIntegrityError, match="metrics.json"):
+    with pytest.raises(BundleIntegrityError, match=r"metrics\.json"):
         load_bundle(DirectoryStore(bundle_copy))
 
 
@@ -75,7 +75,7 @@ def test_edited_manifest_rejected(bundle_copy: Path) -> None:
 
     _rewrite_manifest(bundle_copy, raise_threshold, redigest=False)
 
-    with pytest.raises(BundleIntegrityError, match="manifest.json"):
+    with pytest.raises(BundleIntegrityError, match=r"manifest\.json"):
         load_bundle(DirectoryStore(bundle_copy))
 
 
@@ -92,7 +92,7 @@ def test_unknown_format_version_rejected(bundle_copy: Path) -> None:
 def test_missing_file_named(bundle_copy: Path) -> None:
     (bundle_copy / "stage2.ubj").unlink()
 
-    with pytest.raises(BundleError, match="stage2.ubj"):
+    with pytest.raises(BundleError, match=r"stage2\.ubj"):
         load_bundle(DirectoryStore(bundle_copy))
 
 

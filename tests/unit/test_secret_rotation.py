@@ -15,7 +15,7 @@ class FakeSecretsClient:
         self.passwords = passwords
         self.calls = 0
 
-    def get_secret_value(self, SecretId: str) -> dict[str, str]:  # noqa: N803 - boto3 name
+    def get_secret_value(self, SecretId: str) -> dict[str, str]:
         password = self.passwords[min(self.calls, len(self.passwords) - 1)]
         self.calls += 1
         return {"SecretString": f'{{"username": "app", "password": "{password}"}}'}
@@ -57,7 +57,9 @@ def test_other_database_errors_are_raised() -> None:
 
     class DownDialect(FakeDialect):
         def connect(self, *args: Any, **params: Any) -> str:
-            raise pg8000.dbapi.DatabaseError({"C": "57P03", "M": "the database system is starting up"})
+            raise pg8000.dbapi.DatabaseError(
+                {"C": "57P03", "M": "the database system is starting up"}
+            )
 
     with pytest.raises(pg8000.dbapi.DatabaseError):
         _rotation_aware_connect(credentials)(DownDialect("pw"), None, (), {})

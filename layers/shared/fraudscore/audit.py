@@ -207,9 +207,9 @@ class AuditStore:
 
     def _insert_rows(self, connection: Connection, rows: list[dict[str, Any]]) -> set[str]:
         # One multi-row VALUES statement, so a batch costs one round trip.
+        insert: Any = self._insert_function(audit_decisions)  # dialect-specific Insert
         statement = (
-            self._insert_function(audit_decisions)
-            .values(rows)
+            insert.values(rows)
             .on_conflict_do_nothing()
             .returning(audit_decisions.c.decision_id)
         )

@@ -83,7 +83,7 @@ class SecretCredentials:
 
 
 # SQLSTATE of "password authentication failed" (PostgreSQL error class 28).
-INVALID_PASSWORD = "28P01"
+INVALID_PASSWORD = "28P01"  # noqa: S105 - an error code, not a password
 
 
 def _is_invalid_password(exc: Exception) -> bool:

@@ -21,7 +21,7 @@ class Env:
 
     MODEL_URI = "MODEL_URI"
     DATABASE_URL = "DATABASE_URL"
-    DATABASE_SECRET_ARN = "DATABASE_SECRET_ARN"
+    DATABASE_SECRET_ARN = "DATABASE_SECRET_ARN"  # noqa: S105 - a variable name
     DATABASE_HOST = "DATABASE_HOST"
     DATABASE_PORT = "DATABASE_PORT"
     DATABASE_NAME = "DATABASE_NAME"
@@ -148,7 +148,14 @@ _ENUMS: dict[str, type[StrEnum]] = {
     "stage2_mode": Stage2Mode,
     "stage2_failure_policy": Stage2FailurePolicy,
 }
-_INTS = {"database_port", "database_pool_size", "database_max_overflow", "stage2_breaker_threshold", "max_batch_size", "max_body_bytes"}
+_INTS = {
+    "database_port",
+    "database_pool_size",
+    "database_max_overflow",
+    "stage2_breaker_threshold",
+    "max_batch_size",
+    "max_body_bytes",
+}
 _FLOATS = {
     "database_pool_timeout_seconds",
     "database_connect_timeout_seconds",

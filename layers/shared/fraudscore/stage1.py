@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -24,7 +24,7 @@ class LogisticScorer:
     scale: np.ndarray
     coef: np.ndarray
     intercept: float
-    calibration: PlattCalibration = PlattCalibration()
+    calibration: PlattCalibration = field(default_factory=PlattCalibration)
 
     def __post_init__(self) -> None:
         n_features = self.coef.shape[0]

@@ -7,7 +7,7 @@ stage-1 function never loads it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -24,7 +24,7 @@ class BoosterScorer:
 
     booster: xgboost.Booster
     n_features: int
-    calibration: PlattCalibration = PlattCalibration()
+    calibration: PlattCalibration = field(default_factory=PlattCalibration)
 
     @classmethod
     def from_bytes(

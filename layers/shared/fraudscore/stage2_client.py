@@ -34,7 +34,9 @@ VERSION_MISMATCH_ERROR = "Stage2VersionMismatchError"
 class Stage2Client(Protocol):
     """Scores escalated rows with stage 2."""
 
-    def score(self, features: np.ndarray, *, bundle_version: str, correlation_id: str) -> np.ndarray:
+    def score(
+        self, features: np.ndarray, *, bundle_version: str, correlation_id: str
+    ) -> np.ndarray:
         """Return calibrated stage-2 probabilities for rows of shape (n, n_features)."""
         ...
 
@@ -42,14 +44,18 @@ class Stage2Client(Protocol):
 class InProcessStage2:
     """Stage 2 in the calling process; loads the booster once, on first use."""
 
-    def __init__(self, model: bytes, *, n_features: int, calibration: Any, bundle_version: str):
+    def __init__(
+        self, model: bytes, *, n_features: int, calibration: Any, bundle_version: str
+    ) -> None:
         self._model = model
         self._n_features = n_features
         self._calibration = calibration
         self._bundle_version = bundle_version
         self._scorer: Any = None
 
-    def score(self, features: np.ndarray, *, bundle_version: str, correlation_id: str) -> np.ndarray:
+    def score(
+        self, features: np.ndarray, *, bundle_version: str, correlation_id: str
+    ) -> np.ndarray:
         if bundle_version != self._bundle_version:
             raise Stage2Error(
                 "version_mismatch",
@@ -86,7 +92,9 @@ class LambdaStage2:
             connect_timeout=connect_timeout, read_timeout=read_timeout, endpoint_url=endpoint_url
         )
 
-    def score(self, features: np.ndarray, *, bundle_version: str, correlation_id: str) -> np.ndarray:
+    def score(
+        self, features: np.ndarray, *, bundle_version: str, correlation_id: str
+    ) -> np.ndarray:
         payload = {
             "bundle_version": bundle_version,
             "correlation_id": correlation_id,
@@ -99,7 +107,9 @@ class LambdaStage2:
         if "FunctionError" in response:
             error_type = body.get("errorType", "Unknown") if isinstance(body, dict) else "Unknown"
             message = body.get("errorMessage", "") if isinstance(body, dict) else ""
-            reason = "version_mismatch" if error_type == VERSION_MISMATCH_ERROR else "function_error"
+            reason = (
+                "version_mismatch" if error_type == VERSION_MISMATCH_ERROR else "function_error"
+            )
             raise Stage2Error(reason, f"{self.function_name} raised {error_type}: {message}"[:500])
 
         probabilities = _parse_probabilities(body, expected_rows=len(payload["features"]))

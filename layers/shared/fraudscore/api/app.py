@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -147,7 +147,7 @@ def _observe(batch: ScoredBatch) -> None:
     metrics.flush_metrics()
 
 
-def _audit_state(runtime: Runtime) -> str:
+def _audit_state(runtime: Runtime) -> Literal["ok", "unreachable", "disabled"]:
     if runtime.audit is None:
         return "disabled"
     return "ok" if runtime.audit.ping() else "unreachable"
