@@ -14,6 +14,7 @@ from fraudscore.audit import AuditStore
 from fraudscore.audit_fallback import AuditFallback, SpoolFallback, SqsFallback
 from fraudscore.breaker import CircuitBreaker
 from fraudscore.bundle import Bundle, load_bundle
+from fraudscore.bundle_refresh import BundleWatcher
 from fraudscore.database import create_audit_engine
 from fraudscore.exceptions import FraudScoreError
 from fraudscore.service import DecisionService
@@ -32,6 +33,7 @@ class Runtime:
     service: DecisionService | None = None
     audit: AuditStore | None = None
     load_error: str | None = None
+    watcher: BundleWatcher | None = None
 
     @property
     def bundle(self) -> Bundle | None:
@@ -66,10 +68,31 @@ class Runtime:
                 ),
                 fallback=make_audit_fallback(settings) if runtime.audit else None,
             )
+            runtime.watcher = BundleWatcher(
+                settings.model_uri, settings.bundle_refresh_seconds, s3_client=s3_client
+            )
         except FraudScoreError as exc:
             runtime.load_error = str(exc)
             logger.error("serving runtime failed to start: %s", exc)
         return runtime
+
+
+def refresh_bundle(runtime: Runtime) -> None:
+    """Swap in a newly published bundle when the watcher finds a valid one (cheap otherwise)."""
+    service, watcher = runtime.service, runtime.watcher
+    if service is None or watcher is None:
+        return
+    replacement = watcher.poll(service.bundle)
+    if replacement is None:
+        return
+    runtime.service = DecisionService(
+        replacement,
+        make_stage2_client(runtime.settings, replacement),
+        service.audit,
+        failure_policy=service.failure_policy,
+        breaker=service.breaker,
+        fallback=service.fallback,
+    )
 
 
 def make_audit_fallback(settings: Settings) -> AuditFallback:

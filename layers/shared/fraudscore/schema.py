@@ -13,6 +13,9 @@ from fraudscore.exceptions import FeatureValidationError
 
 MAX_FEATURE_NAME_LENGTH = 128
 
+# From this many rows on, validate_many checks ranges with numpy instead of per value.
+_VECTORIZED_MIN_ROWS = 16
+
 
 @dataclass(frozen=True, slots=True)
 class FeatureSpec:
@@ -64,6 +67,7 @@ class FeatureSchema:
         self._index = {name: i for i, name in enumerate(names)}
         self._minimum = np.array([spec.minimum for spec in features], dtype=np.float64)
         self._maximum = np.array([spec.maximum for spec in features], dtype=np.float64)
+        self._bounds = tuple((spec.name, spec.minimum, spec.maximum) for spec in features)
 
     def __len__(self) -> int:
         return len(self.features)
@@ -101,6 +105,35 @@ class FeatureSchema:
         FeatureValidationError
             Naming the first offending field.
         """
+        vector = self._validate_plain(features)
+        if vector is not None:
+            return vector
+        return self._validate_checked(features)
+
+    def _validate_plain(self, features: Mapping[str, Any]) -> np.ndarray | None:
+        """Return the vector when every value is a plain in-range int or float, else None.
+
+        This is the common case, checked in one pass. On None the caller runs
+        ``_validate_checked``, which finds and raises the exact error.
+        """
+        values = []
+        try:
+            if len(features) != len(self._bounds):
+                return None
+            for name, minimum, maximum in self._bounds:
+                value = features[name]
+                kind = type(value)
+                if (kind is not float and kind is not int) or not minimum <= value <= maximum:
+                    return None
+                values.append(value)
+            vector = np.array(values, dtype=np.float64)
+        except (KeyError, TypeError, OverflowError):
+            return None
+        if not np.isfinite(vector).all():
+            return None
+        return vector
+
+    def _validate_checked(self, features: Mapping[str, Any]) -> np.ndarray:
         unknown = [name for name in features if name not in self._index]
         if unknown:
             shown = sorted(unknown)[0][:MAX_FEATURE_NAME_LENGTH]
@@ -119,6 +152,10 @@ class FeatureSchema:
 
         The raised FeatureValidationError carries the index of the offending row.
         """
+        if len(rows) >= _VECTORIZED_MIN_ROWS:
+            matrix = self._validate_many_plain(rows)
+            if matrix is not None:
+                return matrix
         matrix = np.empty((len(rows), len(self.names)), dtype=np.float64)
         for i, row in enumerate(rows):
             try:
@@ -126,6 +163,22 @@ class FeatureSchema:
             except FeatureValidationError as exc:
                 raise FeatureValidationError(exc.field, exc.message, row=i) from None
         return matrix
+
+    def _validate_many_plain(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray | None:
+        """Batch form of ``_validate_plain``: ranges checked with numpy, None on any doubt."""
+        names = self.names
+        width = len(names)
+        try:
+            if sum(len(row) for row in rows) != len(rows) * width:
+                return None
+            flat = [row[name] for row in rows for name in names]
+            if not {type(value) for value in flat} <= {float, int}:
+                return None
+            matrix = np.array(flat, dtype=np.float64).reshape(len(rows), width)
+        except (KeyError, TypeError, OverflowError):
+            return None
+        inside = (matrix >= self._minimum) & (matrix <= self._maximum) & np.isfinite(matrix)
+        return matrix if inside.all() else None
 
     def as_dict(self, vector: np.ndarray) -> dict[str, float]:
         """Map a vector in schema order back to feature name to value."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -69,6 +70,33 @@ def features_digest(vector: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(vector, dtype=np.float64).tobytes()).hexdigest()
 
 
+def row_digests(matrix: np.ndarray) -> list[str]:
+    """``features_digest`` of each row of ``matrix``, computed from one buffer."""
+    raw = np.ascontiguousarray(matrix, dtype=np.float64).tobytes()
+    step = matrix.shape[1] * 8 if matrix.ndim == 2 else 0
+    if not step:
+        return [features_digest(row) for row in matrix]
+    return [hashlib.sha256(raw[start:start + step]).hexdigest()
+            for start in range(0, len(raw), step)]
+
+
+# Bits that make 128 random bits a version-4 UUID (RFC 9562), as uuid.uuid4() sets them.
+_UUID4_CLEAR = ~((0xC000 << 48) | (0xF000 << 64))
+_UUID4_SET = (0x8000 << 48) | (4 << 76)
+
+
+def new_ids(count: int) -> list[str]:
+    """Return ``count`` random version-4 UUIDs as 32 hex digits, like ``uuid4().hex``.
+
+    One ``os.urandom`` call serves the whole batch instead of one call per id.
+    """
+    raw = os.urandom(16 * count)
+    return [
+        f"{(int.from_bytes(raw[start:start + 16]) & _UUID4_CLEAR) | _UUID4_SET:032x}"
+        for start in range(0, 16 * count, 16)
+    ]
+
+
 class DecisionService:
     """Scores transactions with a bundle and records every decision.
 
@@ -123,7 +151,7 @@ class DecisionService:
             decisions are then not returned.
         """
         started = time.perf_counter()
-        request_id = request_id or uuid.uuid4().hex
+        request_id = request_id or new_ids(1)[0]
         matrix = self.bundle.schema.validate_many([t.features for t in transactions])
 
         stage1_probability = self.bundle.stage1.probability(matrix)
@@ -205,41 +233,53 @@ class DecisionService:
         decided_at = datetime.now(UTC)
         names = self.bundle.schema.names
         threshold = self.bundle.threshold
+        version = self.bundle.version
+        review = self.failure_policy is Stage2FailurePolicy.REVIEW
         decisions: list[Decision] = []
         records: list[AuditRecord] = []
 
+        # Python lists and one id batch: indexing numpy arrays per element is slow.
+        rows = matrix.tolist()
+        stage1_values = stage1_probability.tolist()
+        stage2_values = stage2.probability.tolist()
+        final_values = final.tolist()
+        escalated_flags = escalated.tolist()
+        digests = row_digests(matrix)
+        decision_ids = new_ids(len(transactions))
+
         for i, transaction in enumerate(transactions):
-            used_stage2 = bool(escalated[i]) and stage2.answered
-            degraded = bool(escalated[i]) and not stage2.answered
+            used_stage2 = escalated_flags[i] and stage2.answered
+            degraded = escalated_flags[i] and not stage2.answered
+            stage = Stage.STAGE2 if used_stage2 else Stage.STAGE1
             decision = Decision(
-                transaction_id=transaction.transaction_id or uuid.uuid4().hex,
-                is_fraud=bool(final[i] >= threshold),
-                fraud_probability=float(final[i]),
-                stage=Stage.STAGE2 if used_stage2 else Stage.STAGE1,
-                stage1_probability=float(stage1_probability[i]),
-                stage2_probability=float(stage2.probability[i]) if used_stage2 else None,
-                model_version=self.bundle.version,
+                transaction_id=transaction.transaction_id or new_ids(1)[0],
+                is_fraud=final_values[i] >= threshold,
+                fraud_probability=final_values[i],
+                stage=stage,
+                stage1_probability=stage1_values[i],
+                stage2_probability=stage2_values[i] if used_stage2 else None,
+                model_version=version,
                 degraded=degraded,
                 degraded_reason=stage2.error if degraded else None,
-                manual_review=degraded and self.failure_policy is Stage2FailurePolicy.REVIEW,
+                manual_review=degraded and review,
             )
             decisions.append(decision)
             records.append(
                 AuditRecord(
-                    decision_id=uuid.uuid4().hex,
+                    decision_id=decision_ids[i],
                     request_id=request_id,
                     transaction_id=decision.transaction_id,
                     decided_at=decided_at,
-                    features=dict(zip(names, matrix[i].tolist(), strict=True)),
-                    features_sha256=features_digest(matrix[i]),
+                    features=dict(zip(names, rows[i], strict=True)),
+                    features_sha256=digests[i],
                     stage1_probability=decision.stage1_probability,
                     stage2_probability=decision.stage2_probability,
                     final_probability=decision.fraud_probability,
                     is_fraud=decision.is_fraud,
-                    stage=str(decision.stage),
-                    model_version=decision.model_version,
+                    stage=str(stage),
+                    model_version=version,
                     latency_ms=latency_ms,
-                    degraded=decision.degraded,
+                    degraded=degraded,
                     degraded_reason=decision.degraded_reason,
                     manual_review=decision.manual_review,
                 )

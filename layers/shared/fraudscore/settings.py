@@ -20,6 +20,7 @@ class Env:
     """Names of the environment variables the service reads."""
 
     MODEL_URI = "MODEL_URI"
+    BUNDLE_REFRESH_SECONDS = "BUNDLE_REFRESH_SECONDS"
     DATABASE_URL = "DATABASE_URL"
     DATABASE_SECRET_ARN = "DATABASE_SECRET_ARN"  # noqa: S105 - a variable name
     DATABASE_HOST = "DATABASE_HOST"
@@ -75,6 +76,7 @@ class Settings:
     """Typed service configuration. Build it with :meth:`from_env`."""
 
     model_uri: str = "model/bundle"
+    bundle_refresh_seconds: float = 0.0
     database_url: str = "sqlite:///audit.db"
     database_secret_arn: str | None = None
     database_host: str | None = None
@@ -118,7 +120,10 @@ class Settings:
         for item in fields(cls):
             name = item.name.upper()
             if item.name in overrides:
-                values[item.name] = overrides[item.name]
+                value = overrides[item.name]
+                # Strings are parsed as if they came from the environment ("lambda", "5").
+                values[item.name] = _convert(item.name, name, value) \
+                    if isinstance(value, str) else value
             elif name in env and env[name] != "":
                 values[item.name] = _convert(item.name, name, env[name])
         settings = cls(**values)
@@ -157,6 +162,7 @@ _INTS = {
     "max_body_bytes",
 }
 _FLOATS = {
+    "bundle_refresh_seconds",
     "database_pool_timeout_seconds",
     "database_connect_timeout_seconds",
     "stage2_connect_timeout_seconds",

@@ -168,7 +168,8 @@ def make_lambda_client(
     config = Config(
         connect_timeout=connect_timeout,
         read_timeout=read_timeout,
-        retries={"max_attempts": 1, "mode": "standard"},
+        # total_max_attempts counts the first call; botocore's max_attempts counts retries.
+        retries={"total_max_attempts": 1, "mode": "standard"},
         tcp_keepalive=True,
     )
     return boto3.client("lambda", endpoint_url=endpoint_url, config=config)
@@ -178,6 +179,8 @@ def _parse_probabilities(body: Any, *, expected_rows: int) -> np.ndarray:
     if not isinstance(body, dict) or not isinstance(body.get("probabilities"), list):
         raise Stage2Error("malformed_response", "stage 2 answer has no 'probabilities' list")
     values = body["probabilities"]
+    if any(isinstance(v, bool) or not isinstance(v, int | float) for v in values):
+        raise Stage2Error("malformed_response", "stage 2 probabilities must be JSON numbers")
     if len(values) != expected_rows:
         raise Stage2Error(
             "malformed_response",

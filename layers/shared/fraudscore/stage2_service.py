@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from fraudscore.bundle import Bundle, load_bundle
+from fraudscore.bundle_refresh import BundleWatcher
 from fraudscore.exceptions import FraudScoreError
 from fraudscore.settings import Settings
 from fraudscore.stage2 import BoosterScorer
@@ -44,6 +45,7 @@ class Stage2Service:
     bundle: Bundle | None
     scorer: BoosterScorer | None
     load_error: str | None = None
+    watcher: BundleWatcher | None = None
 
     @classmethod
     def start(cls, settings: Settings, *, s3_client: Any = None) -> Stage2Service:
@@ -58,7 +60,9 @@ class Stage2Service:
         except (FraudScoreError, ValueError) as exc:
             logger.error("stage 2 failed to load its bundle: %s", exc)
             return cls(bundle=None, scorer=None, load_error=str(exc))
-        return cls(bundle=bundle, scorer=scorer)
+        watcher = BundleWatcher(settings.model_uri, settings.bundle_refresh_seconds,
+                                s3_client=s3_client)
+        return cls(bundle=bundle, scorer=scorer, watcher=watcher)
 
     def handle(self, event: Any) -> dict[str, Any]:
         """Return ``{"bundle_version", "probabilities"}`` for the event's feature rows."""
@@ -69,6 +73,9 @@ class Stage2Service:
 
         version = event.get("bundle_version")
         if version != self.bundle.version:
+            # Stage 1 may have picked up a newly published bundle first.
+            self._refresh(force=True)
+        if version != self.bundle.version:
             raise Stage2VersionMismatchError(
                 f"request is for bundle {version!r}, this function serves {self.bundle.version}"
             )
@@ -76,6 +83,23 @@ class Stage2Service:
         probabilities = self.scorer.probability(matrix)
         logger.info("scored %d escalated row(s)", len(matrix))
         return {"bundle_version": self.bundle.version, "probabilities": probabilities.tolist()}
+
+    def _refresh(self, *, force: bool) -> None:
+        if self.watcher is None or self.bundle is None:
+            return
+        replacement = self.watcher.poll(self.bundle, force=force)
+        if replacement is None:
+            return
+        try:
+            self.scorer = BoosterScorer.from_bytes(
+                replacement.stage2_model,
+                n_features=len(replacement.schema),
+                calibration=replacement.stage2_calibration,
+            )
+        except ValueError as exc:
+            logger.error("refused stage-2 model of bundle %s: %s", replacement.version, exc)
+            return
+        self.bundle = replacement
 
     def _features(self, rows: Any) -> np.ndarray:
         assert self.bundle is not None

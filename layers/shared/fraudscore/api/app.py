@@ -26,7 +26,7 @@ from fraudscore.api.strict_json import StrictJSONRoute
 from fraudscore.audit_fallback import SpoolFallback
 from fraudscore.exceptions import AuditError, FeatureValidationError, IdempotencyConflictError
 from fraudscore.observability import logger, metrics
-from fraudscore.runtime import Runtime
+from fraudscore.runtime import Runtime, refresh_bundle
 from fraudscore.service import DecisionService, ScoredBatch, TransactionInput, decision_log_fields
 
 # API Gateway request ids are base64-like and may end in "=".
@@ -108,6 +108,7 @@ def _request_id(request: Request) -> str:
 
 
 def _decide(runtime: Runtime, transactions: list[Transaction], request_id: str) -> ScoredBatch:
+    refresh_bundle(runtime)
     service = _service(runtime)
     inputs = [TransactionInput(t.transaction_id, t.features) for t in transactions]
     try:
@@ -198,9 +199,13 @@ def _build_router(runtime: Runtime) -> APIRouter:
             if isinstance(service.fallback, SpoolFallback):
                 body.audit_spool_pending = service.fallback.pending()
             body.stage2_circuit_open = bool(service.breaker and service.breaker.is_open)
+        refusal = runtime.watcher.last_refusal if runtime.watcher else None
+        if refusal is not None:
+            body.bundle_refused = f"{refusal.location}: {refusal.reason}"
         if service is None or (body.audit_store == "unreachable" and service.fallback is None):
             body.status = "unavailable"
-        elif body.audit_store == "unreachable" or body.audit_fallback or body.stage2_circuit_open:
+        elif (body.audit_store == "unreachable" or body.audit_fallback
+              or body.stage2_circuit_open or body.bundle_refused):
             body.status = "degraded"
         code = 503 if body.status == "unavailable" else 200
         return JSONResponse(body.model_dump(), status_code=code)

@@ -87,6 +87,11 @@ class HealthResponse(BaseModel):
         default=None, description="Records waiting in the local spool file for replay."
     )
     stage2_circuit_open: bool = False
+    bundle_refused: str | None = Field(
+        default=None,
+        description="The last newly published bundle this process refused, and why; it "
+        "keeps serving model_version.",
+    )
     detail: str | None = None
 
 
