@@ -9,7 +9,6 @@ import hashlib
 import logging
 import os
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -71,11 +70,9 @@ def features_digest(vector: np.ndarray) -> str:
 
 
 def row_digests(matrix: np.ndarray) -> list[str]:
-    """``features_digest`` of each row of ``matrix``, computed from one buffer."""
+    """``features_digest`` of each row of a 2-D ``matrix``, read from one buffer."""
     raw = np.ascontiguousarray(matrix, dtype=np.float64).tobytes()
-    step = matrix.shape[1] * 8 if matrix.ndim == 2 else 0
-    if not step:
-        return [features_digest(row) for row in matrix]
+    step = matrix.shape[1] * 8
     return [hashlib.sha256(raw[start:start + step]).hexdigest()
             for start in range(0, len(raw), step)]
 
@@ -246,13 +243,14 @@ class DecisionService:
         escalated_flags = escalated.tolist()
         digests = row_digests(matrix)
         decision_ids = new_ids(len(transactions))
+        generated_ids = iter(new_ids(sum(1 for t in transactions if not t.transaction_id)))
 
         for i, transaction in enumerate(transactions):
             used_stage2 = escalated_flags[i] and stage2.answered
             degraded = escalated_flags[i] and not stage2.answered
             stage = Stage.STAGE2 if used_stage2 else Stage.STAGE1
             decision = Decision(
-                transaction_id=transaction.transaction_id or new_ids(1)[0],
+                transaction_id=transaction.transaction_id or next(generated_ids),
                 is_fraud=final_values[i] >= threshold,
                 fraud_probability=final_values[i],
                 stage=stage,
