@@ -18,7 +18,7 @@ def response_url():  # type: ignore[no-untyped-def]
     received: list[dict] = []
 
     class Handler(BaseHTTPRequestHandler):
-        def do_PUT(self) -> None:  # noqa: N802 - http.server's method name
+        def do_PUT(self) -> None:
             length = int(self.headers["Content-Length"])
             received.append(json.loads(self.rfile.read(length)))
             self.send_response(200)
