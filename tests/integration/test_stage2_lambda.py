@@ -1,6 +1,6 @@
 """Stage 1 -> stage 2 through the real boto3 Lambda client, against a local Invoke endpoint.
 
-The endpoint is :func:`fraudscore.local_twin.serve_lambda` on 127.0.0.1. It serves the
+The endpoint is :func:`fraudscore.local_lambda.serve_lambda` on 127.0.0.1. It serves the
 real stage-2 logic, or test handlers that sleep, raise or return malformed bodies, and
 counts the requests and invocations it receives.
 """
@@ -22,7 +22,7 @@ from botocore.config import Config
 
 from fraudscore.bundle import Bundle, load_bundle
 from fraudscore.exceptions import Stage2Error
-from fraudscore.local_twin import LambdaInvokeServer, serve_lambda
+from fraudscore.local_lambda import LambdaInvokeServer, serve_lambda
 from fraudscore.settings import Settings, Stage2Mode
 from fraudscore.stage2 import BoosterScorer
 from fraudscore.stage2_client import InProcessStage2, LambdaStage2

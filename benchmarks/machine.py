@@ -1,0 +1,62 @@
+"""Description of the machine and software a benchmark run used."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+PACKAGES = (
+    "numpy", "scipy", "pandas", "scikit-learn", "xgboost-cpu", "joblib", "fastapi",
+    "starlette", "pydantic", "mangum", "uvicorn", "httpx", "SQLAlchemy", "pg8000",
+    "aws-lambda-powertools",
+)
+
+
+def cpu_model() -> str:
+    """Return the first ``model name`` of /proc/cpuinfo, or the platform's processor name."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def memory_gib() -> float | None:
+    """Return MemTotal of /proc/meminfo in GiB, or None when it cannot be read."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 1024**2, 1)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def package_versions() -> dict[str, str]:
+    """Return the installed version of each package in ``PACKAGES`` ("missing" if absent)."""
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "missing"
+    return versions
+
+
+def describe() -> dict[str, Any]:
+    """Return cores, memory, CPU model, OS, Python and package versions."""
+    return {
+        "cores": os.cpu_count(),
+        "memory_gib": memory_gib(),
+        "cpu_model": cpu_model(),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "python_implementation": platform.python_implementation(),
+        "packages": package_versions(),
+    }
