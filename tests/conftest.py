@@ -89,6 +89,15 @@ def postgres_database_url(postgres_url: str) -> Iterator[str]:
     admin.dispose()
 
 
+@pytest.fixture
+def aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dummy AWS credentials and region, so boto3 clients under moto never find real ones."""
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+
+
 @pytest.fixture(scope="session")
 def simulated_history(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small deterministic simulated history (about 70 k transactions) as Parquet."""

@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
+
+from tests.cloudformation import load_template
 
 pytestmark = pytest.mark.slow
 
@@ -25,21 +25,6 @@ LIMIT_MIB = 250.0
 MIB = 1024 * 1024
 
 
-class CloudFormationLoader(yaml.SafeLoader):
-    """SafeLoader that reads CloudFormation short tags (``!Ref``...) as their long form."""
-
-
-def _construct_short_tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Any:
-    if isinstance(node, yaml.ScalarNode):
-        value: Any = loader.construct_scalar(node)
-    elif isinstance(node, yaml.SequenceNode):
-        value = loader.construct_sequence(node, deep=True)
-    else:
-        value = loader.construct_mapping(node, deep=True)
-    return {"Ref": value} if suffix == "Ref" else {f"Fn::{suffix}": value}
-
-
-CloudFormationLoader.add_multi_constructor("!", _construct_short_tag)
 
 
 def directory_size(path: Path) -> int:
@@ -72,8 +57,7 @@ def build_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def package_sizes(build_dir: Path) -> dict[str, tuple[float, float]]:
     """Map each built function to (code MiB, layers MiB), from the built template."""
-    text = (build_dir / "template.yaml").read_text(encoding="utf-8")
-    template = yaml.load(text, Loader=CloudFormationLoader)
+    template = load_template(build_dir / "template.yaml")
     resources = template["Resources"]
     default_layers = template.get("Globals", {}).get("Function", {}).get("Layers", [])
 

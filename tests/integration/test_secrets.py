@@ -28,13 +28,8 @@ PASSWORD = "s3cr3t-p@ss:w/rd%?#&=+ value"
 
 
 @pytest.fixture
-def secrets(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+def secrets(aws_credentials: None) -> Iterator[Any]:
     """A Secrets Manager client on moto's in-process backend."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_SESSION_TOKEN", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
     with mock_aws():
         yield boto3.client("secretsmanager", region_name=REGION)
 

@@ -22,12 +22,19 @@ from tests.lambda_events import FakeLambdaContext, load_function_module
 
 
 @pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
-    for name, value in {"AWS_DEFAULT_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "testing",
-                        "AWS_SECRET_ACCESS_KEY": "testing"}.items():
-        monkeypatch.setenv(name, value)
+def aws(aws_credentials: None):  # type: ignore[no-untyped-def]
     with mock_aws():
         yield boto3.client("sqs", region_name="us-east-1")
+
+
+def _record(decision_id: str, transaction_id: str) -> AuditRecord:
+    return AuditRecord(
+        decision_id=decision_id, request_id="r", transaction_id=transaction_id,
+        decided_at=datetime(2026, 12, 4, tzinfo=UTC), features={"x": 1.0},
+        features_sha256="0" * 64, stage1_probability=0.1, stage2_probability=None,
+        final_probability=0.1, is_fraud=False, stage="stage1", model_version="v",
+        latency_ms=1.0,
+    )
 
 
 def _sqs_event(messages: list[dict]) -> dict:
@@ -94,13 +101,7 @@ def test_replay_reports_unwritable_records(  # type: ignore[no-untyped-def]
     create_schema(create_engine(f"sqlite:///{database}"))
     monkeypatch.setenv("DATABASE_URL", f"sqlite:///{database}")
     replay = load_function_module("functions/audit_replay/handler.py")
-    good = AuditRecord(
-        decision_id="d-good", request_id="r", transaction_id="t-good",
-        decided_at=datetime(2026, 12, 4, tzinfo=UTC), features={"x": 1.0},
-        features_sha256="0" * 64, stage1_probability=0.1, stage2_probability=None,
-        final_probability=0.1, is_fraud=False, stage="stage1", model_version="v",
-        latency_ms=1.0,
-    )
+    good = _record("d-good", "t-good")
     messages = [
         {"MessageId": "m-bad", "ReceiptHandle": "r1", "Body": "{not json", "MD5OfBody": ""},
         {"MessageId": "m-good", "ReceiptHandle": "r2", "Body": good.to_json(), "MD5OfBody": ""},
@@ -118,13 +119,7 @@ def test_replay_reports_unwritable_records(  # type: ignore[no-untyped-def]
 
 def test_queue_send_failure_raises(aws) -> None:  # type: ignore[no-untyped-def]
     fallback = SqsFallback("https://sqs.us-east-1.amazonaws.com/123456789012/missing", aws)
-    record = AuditRecord(
-        decision_id="d1", request_id="r1", transaction_id="t1",
-        decided_at=datetime(2026, 12, 4, tzinfo=UTC), features={"x": 1.0},
-        features_sha256="0" * 64, stage1_probability=0.1, stage2_probability=None,
-        final_probability=0.1, is_fraud=False, stage="stage1", model_version="v",
-        latency_ms=1.0,
-    )
+    record = _record("d1", "t1")
 
     with pytest.raises(AuditError, match="queue"):
         fallback.write([record])

@@ -20,7 +20,6 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-import yaml
 from sqlalchemy import create_engine
 
 from fraudscore.audit import create_schema
@@ -28,6 +27,7 @@ from fraudscore.bundle import Bundle, load_bundle
 from fraudscore.settings import Env, Settings, Stage2Mode
 from fraudscore.stage2_service import Stage2VersionMismatchError
 from fraudscore.storage import DirectoryStore
+from tests.cloudformation import load_template
 from training.columns import DEFAULT_FEATURES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -181,24 +181,11 @@ def _assert_decision(decision: dict[str, Any], bundle: Bundle, transaction_id: s
     assert decision["degraded"] is False
 
 
-class CloudFormationLoader(yaml.SafeLoader):
-    """SafeLoader that accepts CloudFormation's short tags (``!Ref``, ``!Sub``...)."""
-
-
-def _construct_tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Any:
-    if isinstance(node, yaml.ScalarNode):
-        return {suffix: loader.construct_scalar(node)}
-    if isinstance(node, yaml.SequenceNode):
-        return {suffix: loader.construct_sequence(node, deep=True)}
-    return {suffix: loader.construct_mapping(node, deep=True)}
-
-
-CloudFormationLoader.add_multi_constructor("!", _construct_tag)
 
 
 @pytest.fixture(scope="module")
 def template() -> dict[str, Any]:
-    return dict(yaml.load(TEMPLATE_PATH.read_text(), Loader=CloudFormationLoader))
+    return load_template()
 
 
 def _template_routes(template: dict[str, Any]) -> set[tuple[str, str]]:

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+
+from tests.cloudformation import load_template
 
 ROOT = Path(__file__).resolve().parents[2]
-TEMPLATE_PATH = ROOT / "template.yaml"
 
 STAGE1 = "Stage1Function"
 STAGE2 = "Stage2Function"
@@ -38,35 +38,6 @@ ROUTES = {
     ("/metadata", "get"), ("/predict", "post"), ("/predict/batch", "post"),
 }
 AUTHORIZED_ROUTES = {("/metadata", "get"), ("/predict", "post"), ("/predict/batch", "post")}
-
-
-class CloudFormationLoader(yaml.SafeLoader):
-    """SafeLoader that reads CloudFormation short tags as their long form."""
-
-
-def _construct_short_tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Any:
-    if isinstance(node, yaml.ScalarNode):
-        value: Any = loader.construct_scalar(node)
-    elif isinstance(node, yaml.SequenceNode):
-        value = loader.construct_sequence(node, deep=True)
-    else:
-        value = loader.construct_mapping(node, deep=True)
-
-    if suffix == "Ref":
-        return {"Ref": value}
-    if suffix == "Condition":
-        return {"Condition": value}
-    if suffix == "GetAtt" and isinstance(value, str):
-        value = value.split(".", 1)
-    return {f"Fn::{suffix}": value}
-
-
-CloudFormationLoader.add_multi_constructor("!", _construct_short_tag)
-
-
-def load_template(path: Path = TEMPLATE_PATH) -> dict[str, Any]:
-    """Parse a CloudFormation or SAM template file."""
-    return yaml.load(path.read_text(encoding="utf-8"), Loader=CloudFormationLoader)
 
 
 @pytest.fixture(scope="module")
