@@ -15,6 +15,7 @@ import logging
 import os
 import py_compile
 import shutil
+import stat
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -171,6 +172,6 @@ def tree_size(paths: list[Path]) -> int:
         for directory, _subdirs, files in os.walk(root):
             for name in files:
                 status = os.lstat(os.path.join(directory, name))
-                if not os.path.islink(os.path.join(directory, name)):
+                if stat.S_ISREG(status.st_mode):
                     total += status.st_size
     return total

@@ -1,0 +1,229 @@
+"""Figure 3: cold start of each function in a fresh process, as Lambda runs it.
+
+Each run starts the base Python interpreter of this environment with ``-S -s -B``: no
+site-packages, no user site, no .pyc written. ``PYTHONPATH`` lists only the deployment's
+directories and the runtime-provided packages, so every import comes from the build
+output; the child checks that and reports any module loaded from elsewhere. The child
+times the import of the handler module (which loads the bundle or the joblib file) and
+the first call of the handler, with the standard library's .pyc as the Lambda runtime
+has them. Without .pyc, Python compiles every imported module of the deployment.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from benchmarks import deployments
+from benchmarks.measure import Figure, summarize
+from benchmarks.workspace import Workspace
+from tests.lambda_events import http_api_event
+
+logger = logging.getLogger(__name__)
+
+GROUP = "cold start"
+TARGETS_MS = {"stage 1": 500.0, "stage 2": 700.0}
+MIN_SPEEDUP = 4.0
+
+_CHILD = r"""
+import json, sys, time
+started = time.perf_counter()
+args = json.loads(sys.argv[1])
+import importlib
+module = importlib.import_module(args["module"])
+imported = time.perf_counter()
+with open(args["event"]) as stream:
+    event = json.load(stream)
+
+class Context:
+    function_name = "benchmark"
+    memory_limit_in_mb = 1024
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:benchmark"
+    aws_request_id = "00000000-0000-4000-8000-000000000000"
+    function_version = "$LATEST"
+    log_group_name = "/aws/lambda/benchmark"
+    log_stream_name = "benchmark"
+    def get_remaining_time_in_millis(self):
+        return 30000
+
+response = module.handler(event, Context())
+answered = time.perf_counter()
+
+import os, sysconfig
+allowed = [os.path.realpath(p) for p in args["allowed"]]
+allowed += [os.path.realpath(sysconfig.get_paths()[key]) for key in ("stdlib", "platstdlib")]
+outside = sorted(
+    name for name, loaded in list(sys.modules.items())
+    if getattr(loaded, "__file__", None)
+    and not any(os.path.realpath(loaded.__file__).startswith(root + os.sep) for root in allowed)
+)
+ok = response.get("statusCode") == 200 if "statusCode" in response else "probabilities" in response
+with open(args["result"], "w") as stream:
+    json.dump({"import_ms": (imported - started) * 1e3, "first_ms": (answered - imported) * 1e3,
+               "ok": ok, "outside": outside, "modules": len(sys.modules)}, stream)
+"""
+
+
+def base_python() -> str:
+    """The interpreter this virtual environment was created from, without its packages."""
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    candidate = Path(sys.base_prefix) / "bin" / version
+    return str(candidate if candidate.exists() else Path(sys._base_executable))
+
+
+def run(workspace: Workspace) -> list[Figure]:
+    """Measure each function's cold start with and without .pyc, and the reference's."""
+    missing = deployments.build_output_missing()
+    if missing:
+        return [Figure(GROUP, "cold start", "ms", None, note=f"skipped: {missing}")]
+    prepared = deployments.prepare(workspace)
+    events = _write_events(workspace)
+    runs = workspace.mode.cold_runs
+
+    measured: dict[tuple[str, bool], dict[str, Any]] = {}
+    for name, deployment in prepared.functions.items():
+        for compiled in (False, True):
+            dirs = deployment.compiled_dirs if compiled else deployment.source_dirs
+            samples = [_start(workspace, deployment.module, [*dirs, prepared.runtime_dir],
+                              _environment(workspace, name), events[name])
+                       for _ in range(runs)]
+            measured[(name, compiled)] = {
+                "total": summarize([s["import_ms"] + s["first_ms"] for s in samples]),
+                "import": summarize([s["import_ms"] for s in samples]),
+                "first": summarize([s["first_ms"] for s in samples]),
+                "modules": samples[0]["modules"],
+            }
+            logger.info("cold start %s (%s): %.0f ms", name, "pyc" if compiled else "no pyc",
+                        measured[(name, compiled)]["total"].median)
+
+    profiles = {name: _import_profile(workspace, deployment.module,
+                                      [*deployment.compiled_dirs, prepared.runtime_dir],
+                                      _environment(workspace, name))
+                for name, deployment in prepared.functions.items()}
+    return _figures(measured, profiles, runs)
+
+
+def _figures(measured: dict[tuple[str, bool], dict[str, Any]],
+             profiles: dict[str, list[tuple[str, float]]], runs: int) -> list[Figure]:
+    figures = []
+    for name in ("stage 1", "stage 2"):
+        for compiled in (False, True):
+            ours = measured[(name, compiled)]
+            reference = measured[("reference", compiled)]
+            label = ".pyc shipped" if compiled else "no .pyc (python -B)"
+            figure = Figure(
+                GROUP, f"cold start {name}, {label}", "ms", ours["total"].median, runs=runs,
+                reference=reference["total"].median,
+                note=f"import {ours['import'].median:.0f} ms + first answer "
+                     f"{ours['first'].median:.0f} ms; {ours['modules']} modules",
+                extra={"import_profile_ms": profiles[name],
+                       "reference_import_profile_ms": profiles["reference"]},
+            )
+            if compiled:
+                limit = TARGETS_MS[name]
+                figure.target = f"< {limit:.0f} ms and >= {MIN_SPEEDUP:.0f}x reference"
+                figure.met = figure.median < limit and (figure.ratio or 0) >= MIN_SPEEDUP
+            figures.append(figure)
+    for compiled in (False, True):
+        reference = measured[("reference", compiled)]
+        label = ".pyc shipped" if compiled else "no .pyc (python -B)"
+        figures.append(Figure(
+            GROUP, f"cold start reference (one function), {label}", "ms",
+            reference["total"].median, runs=runs,
+            note=f"import {reference['import'].median:.0f} ms + first answer "
+                 f"{reference['first'].median:.0f} ms; {reference['modules']} modules",
+        ))
+    return figures
+
+
+def _environment(workspace: Workspace, name: str) -> dict[str, str]:
+    environment = {
+        "PATH": "/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        # Credentials and region as Lambda sets them; no AWS call is made, and the
+        # instance metadata service is never asked for credentials.
+        "AWS_REGION": "us-east-1",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "benchmark",
+        "AWS_SECRET_ACCESS_KEY": "benchmark",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "API_BASE_PATH": "/v1",
+    }
+    if name == "reference":
+        environment["REFERENCE_MODEL_PATH"] = str(workspace.reference_path)
+        return environment
+    environment["MODEL_URI"] = str(workspace.bundle_dir)
+    environment["AUDIT_ENABLED"] = "false"
+    if name == "stage 1":
+        # As deployed: stage 2 is another function, so stage 1 creates a Lambda client.
+        environment["STAGE2_MODE"] = "lambda"
+        environment["STAGE2_FUNCTION_NAME"] = "fraud-stage2"
+    return environment
+
+
+def _write_events(workspace: Workspace) -> dict[str, Path]:
+    directory = workspace.work / "events"
+    directory.mkdir(exist_ok=True)
+    confident = workspace.examples.get("confident_genuine") or workspace.sample[0]
+    http_event = http_api_event("POST", "/predict", {"features": confident})
+    names = list(workspace.bundle.schema.names)
+    stage2_event = {
+        "bundle_version": workspace.bundle.version,
+        "correlation_id": "cold-start",
+        "features": [[float(confident[name]) for name in names]],
+    }
+    paths = {}
+    for name, event in (("stage 1", http_event), ("stage 2", stage2_event),
+                        ("reference", http_event)):
+        path = directory / f"{name.replace(' ', '')}.json"
+        path.write_text(json.dumps(event))
+        paths[name] = path
+    return paths
+
+
+def _start(workspace: Workspace, module: str, dirs: list[Path], environment: dict[str, str],
+           event: Path, *, extra_flags: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Run one fresh interpreter that imports ``module`` and calls its handler once."""
+    with tempfile.TemporaryDirectory(dir=workspace.work) as scratch:
+        result = Path(scratch) / "result.json"
+        arguments = json.dumps({"module": module, "event": str(event), "result": str(result),
+                                "allowed": [str(d) for d in dirs]})
+        completed = subprocess.run(  # noqa: S603 - fixed interpreter and arguments
+            [base_python(), "-S", "-s", "-B", *extra_flags, "-c", _CHILD, arguments],
+            cwd=scratch, env={**environment, "PYTHONPATH": os.pathsep.join(map(str, dirs))},
+            capture_output=True, text=True, timeout=300, check=False,
+        )
+        if completed.returncode != 0 or not result.exists():
+            raise RuntimeError(f"cold start of {module} failed ({completed.returncode}):\n"
+                               f"{completed.stderr[-3000:]}")
+        outcome = json.loads(result.read_text())
+    if not outcome["ok"]:
+        raise RuntimeError(f"cold start of {module}: the first call did not succeed")
+    if outcome["outside"]:
+        raise RuntimeError(f"cold start of {module} imported modules from outside the "
+                           f"deployment: {outcome['outside'][:10]}")
+    outcome["stderr"] = completed.stderr
+    return outcome
+
+
+def _import_profile(workspace: Workspace, module: str, dirs: list[Path],
+                    environment: dict[str, str], top: int = 10) -> list[tuple[str, float]]:
+    """Cumulative import time of the largest top-level packages (``-X importtime``), in ms."""
+    events = _write_events(workspace)
+    event = events["stage 2"] if module == "handler" else events["stage 1"]
+    outcome = _start(workspace, module, dirs, environment, event,
+                     extra_flags=("-X", "importtime"))
+    totals: dict[str, float] = {}
+    for line in outcome["stderr"].splitlines():
+        match = re.match(r"import time:\s+\d+ \|\s+(\d+) \| (\s*)(\S+)", line)
+        if match and not match.group(2):  # nesting level 0: imported by the handler itself
+            package = match.group(3).split(".")[0]
+            totals[package] = totals.get(package, 0.0) + int(match.group(1)) / 1e3
+    return sorted(totals.items(), key=lambda item: item[1], reverse=True)[:top]
