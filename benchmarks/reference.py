@@ -195,6 +195,27 @@ def create_reference_schema(engine: Engine) -> None:
     metadata.create_all(engine, checkfirst=True)
 
 
+def write_audit(
+    engine: Engine, features: Sequence[Mapping[str, float]], answers: Sequence[Mapping[str, Any]]
+) -> None:
+    """Insert one audit row per answer, all in one transaction."""
+    decided_at = datetime.now(UTC)
+    rows = [
+        {
+            "decision_id": uuid.uuid4().hex,
+            "transaction_id": answer.get("transaction_id") or uuid.uuid4().hex,
+            "decided_at": decided_at,
+            "features": dict(values),
+            "fraud_probability": answer["fraud_probability"],
+            "is_fraud": answer["is_fraud"],
+            "stage": answer["stage"],
+        }
+        for values, answer in zip(features, answers, strict=True)
+    ]
+    with engine.begin() as connection:
+        connection.execute(insert(reference_decisions), rows)
+
+
 class ReferenceTransaction(BaseModel):
     """One transaction: optional id and feature name to number."""
 
@@ -218,32 +239,15 @@ def create_reference_app(model: ReferenceModel, engine: Engine | None = None) ->
             wrong = sorted(set(transaction.features) ^ expected)
             raise HTTPException(422, f"features must be exactly the model's; check {wrong[:3]}")
 
-    def audit(transactions: Sequence[ReferenceTransaction], answers: list[dict[str, Any]]) -> None:
-        if engine is None:
-            return
-        decided_at = datetime.now(UTC)
-        rows = [
-            {
-                "decision_id": uuid.uuid4().hex,
-                "transaction_id": answer["transaction_id"],
-                "decided_at": decided_at,
-                "features": transaction.features,
-                "fraud_probability": answer["fraud_probability"],
-                "is_fraud": answer["is_fraud"],
-                "stage": answer["stage"],
-            }
-            for transaction, answer in zip(transactions, answers, strict=True)
-        ]
-        with engine.begin() as connection:
-            connection.execute(insert(reference_decisions), rows)
-
     def decide(transactions: Sequence[ReferenceTransaction]) -> list[dict[str, Any]]:
         for transaction in transactions:
             check(transaction)
-        answers = model.decide_many([t.features for t in transactions])
+        features = [t.features for t in transactions]
+        answers = model.decide_many(features)
         for transaction, answer in zip(transactions, answers, strict=True):
             answer["transaction_id"] = transaction.transaction_id or uuid.uuid4().hex
-        audit(transactions, answers)
+        if engine is not None:
+            write_audit(engine, features, answers)
         return answers
 
     @app.post("/predict")

@@ -66,7 +66,7 @@ def send_response(event: dict[str, Any], status: str, reason: str) -> None:
 
 @logger.inject_lambda_context
 def handler(event: dict[str, Any], context: LambdaContext) -> None:
-    """Create/Update: create the audit schema. Delete: nothing. Always answer CloudFormation."""
+    """Create the audit schema on Create and Update, do nothing on Delete, and respond."""
     request_type = event.get("RequestType")
     logger.info("audit schema request", extra={"request_type": request_type})
     try:

@@ -103,5 +103,5 @@ class BundleWatcher:
         return candidate
 
     def _refuse(self, location: str, reason: str) -> None:
-        logger.error("refused model bundle at %s, keeping the current one: %s", location, reason)
+        logger.error("rejected model bundle at %s, keeping the current one: %s", location, reason)
         self.last_refusal = Refusal(location=location, reason=reason, at=time.time())

@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Runtime:
-    """What a serving process holds; ``load_error`` is set when the bundle failed to load."""
+    """Objects a serving process keeps; ``load_error`` is set when the bundle failed to load."""
 
     settings: Settings
     service: DecisionService | None = None
@@ -50,7 +50,7 @@ class Runtime:
     ) -> Runtime:
         """Load the bundle and connect the audit store; errors are kept, not raised.
 
-        A runtime whose bundle failed to load answers 503 to scoring requests and
+        A runtime whose bundle failed to load returns 503 to scoring requests and
         reports the error on ``/health``, instead of crashing the process.
         """
         runtime = cls(settings=settings)
@@ -96,7 +96,7 @@ def refresh_bundle(runtime: Runtime) -> None:
 
 
 def make_audit_fallback(settings: Settings) -> AuditFallback:
-    """The SQS queue when ``AUDIT_FALLBACK_QUEUE_URL`` is set, else the local spool file."""
+    """Create the SQS fallback when ``AUDIT_FALLBACK_QUEUE_URL`` is set, else the spool file."""
     if settings.audit_fallback_queue_url:
         return SqsFallback(settings.audit_fallback_queue_url)
     return SpoolFallback(settings.audit_spool_path)

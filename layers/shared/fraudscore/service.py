@@ -1,6 +1,6 @@
 """The two-stage decision service: validate, score, route, escalate, audit.
 
-Nothing here knows about HTTP or Lambda; the stage-1 handler wraps it.
+Nothing here depends on HTTP or Lambda. The stage-1 handler wraps it.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class TransactionInput:
 class ScoredBatch:
     """Decisions of one request plus the audit records written for them.
 
-    ``stage2_error`` is the reason stage 2 did not answer (None when it did or was not
+    ``stage2_error`` is the reason stage 2 returned no probabilities (None when it did or was not
     needed); ``stage2_latency_ms`` is the time spent waiting for it.
     """
 

@@ -49,14 +49,14 @@ class Env:
 
 
 class Stage2Mode(StrEnum):
-    """Where stage 2 runs: in the same process, or in its own Lambda function."""
+    """Placement of stage 2: in the same process, or in its own Lambda function."""
 
     INPROCESS = "inprocess"
     LAMBDA = "lambda"
 
 
 class Stage2FailurePolicy(StrEnum):
-    """What stage 1 answers when stage 2 cannot: its own decision, or manual review."""
+    """Response of stage 1 when stage 2 fails: its own decision, or manual review."""
 
     STAGE1 = "stage1"
     REVIEW = "review"

@@ -6,7 +6,7 @@ Invoke payload (JSON), sent by :class:`LambdaStage2`::
      "correlation_id": "<request id>",
      "features": [[x_1, ..., x_n], ...]}        # rows in the bundle's schema order, raw
 
-Answer::
+Response::
 
     {"bundle_version": "<version stage 2 serves>",
      "probabilities": [p, ...]}                 # calibrated, one per row
@@ -116,7 +116,7 @@ class LambdaStage2:
         if body.get("bundle_version") != bundle_version:
             raise Stage2Error(
                 "version_mismatch",
-                f"stage 2 answered for {body.get('bundle_version')!r}, expected {bundle_version}",
+                f"stage 2 responded for {body.get('bundle_version')!r}, expected {bundle_version}",
             )
         logger.debug(
             "stage 2 scored %d row(s) in %.1f ms (correlation id %s)",
@@ -155,7 +155,7 @@ class LambdaStage2:
         try:
             return json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise Stage2Error("malformed_response", "stage 2 answer is not JSON") from exc
+            raise Stage2Error("malformed_response", "stage 2 response is not JSON") from exc
 
 
 def make_lambda_client(
@@ -177,7 +177,7 @@ def make_lambda_client(
 
 def _parse_probabilities(body: Any, *, expected_rows: int) -> np.ndarray:
     if not isinstance(body, dict) or not isinstance(body.get("probabilities"), list):
-        raise Stage2Error("malformed_response", "stage 2 answer has no 'probabilities' list")
+        raise Stage2Error("malformed_response", "stage 2 response has no 'probabilities' list")
     values = body["probabilities"]
     if any(isinstance(v, bool) or not isinstance(v, int | float) for v in values):
         raise Stage2Error("malformed_response", "stage 2 probabilities must be JSON numbers")

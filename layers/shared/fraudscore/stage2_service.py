@@ -97,7 +97,7 @@ class Stage2Service:
                 calibration=replacement.stage2_calibration,
             )
         except ValueError as exc:
-            logger.error("refused stage-2 model of bundle %s: %s", replacement.version, exc)
+            logger.error("rejected the stage-2 model of bundle %s: %s", replacement.version, exc)
             return
         self.bundle = replacement
 

@@ -3,7 +3,7 @@
 An S3 location ``s3://bucket/prefix`` is resolved in one of two ways. When
 ``prefix/manifest.json`` exists it is a bundle. Otherwise ``prefix/ACTIVE.json`` names
 the active version, whose files are under ``prefix/versions/<version>/``. Publishing
-uploads a whole version first and rewrites ``ACTIVE.json`` last; a single S3 PUT is
+uploads a whole version first and rewrites ``ACTIVE.json`` last. A single S3 PUT is
 atomic, so readers see either the old bundle or the new one, never a half-uploaded one.
 """
 
@@ -115,7 +115,7 @@ def open_store(uri: str, *, s3_client: Any = None) -> BundleStore:
     """Return the store for ``uri``: a directory path or ``s3://bucket/prefix``.
 
     For S3, an ``ACTIVE.json`` pointer under the prefix is followed to the version it
-    names when the prefix holds no ``manifest.json`` itself.
+    names when the prefix contains no ``manifest.json`` itself.
     """
     if not uri.startswith("s3://"):
         return DirectoryStore(uri)

@@ -59,7 +59,7 @@ class DecisionResponse(BaseModel):
     stage1_probability: float
     stage2_probability: float | None = Field(description="Null unless escalated.")
     model_version: str
-    degraded: bool = Field(description="True when stage 2 was needed but did not answer.")
+    degraded: bool = Field(description="True when stage 2 was needed but returned no probability.")
     degraded_reason: str | None = None
     manual_review: bool = False
 
@@ -89,8 +89,8 @@ class HealthResponse(BaseModel):
     stage2_circuit_open: bool = False
     bundle_refused: str | None = Field(
         default=None,
-        description="The last newly published bundle this process refused, and why; it "
-        "keeps serving model_version.",
+        description="The last newly published bundle this process rejected, and why. The "
+        "process keeps serving model_version.",
     )
     detail: str | None = None
 
