@@ -179,7 +179,7 @@ def save_reference(model: ReferenceModel, path: Path) -> None:
 
 def load_reference(path: str | Path) -> ReferenceModel:
     """Load what :func:`save_reference` wrote (joblib, so this runs pickled code)."""
-    artifact = joblib.load(path)  # noqa: S301 - the benchmark's own file
+    artifact = joblib.load(path)
     return ReferenceModel(**artifact)
 
 

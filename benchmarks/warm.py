@@ -123,7 +123,7 @@ def _reference_handler(
 ) -> Callable[[dict[str, Any]], dict[str, Any]]:
     app = create_reference_app(workspace.reference, reference_engine(url))
     handler = Mangum(app, lifespan="off", api_gateway_base_path="/v1")
-    context = FakeLambdaContext()
+    context: Any = FakeLambdaContext()
     return lambda event: handler(event, context)
 
 

@@ -58,7 +58,7 @@ class Mode:
 
 SMOKE = Mode("smoke", scoring_runs=2_000, reference_scoring_runs=200, handler_runs=200,
              reference_handler_runs=100, database_runs=100, cold_runs=1, server_requests=64,
-             batch_sizes=(1_000,), batch_repeats=2, sample_rows=2_000, train_days=14)
+             batch_sizes=(1_000,), batch_repeats=2, sample_rows=2_000, train_days=7)
 FULL = Mode("full", scoring_runs=100_000, reference_scoring_runs=5_000, handler_runs=5_000,
             reference_handler_runs=2_000, database_runs=2_000, cold_runs=5, server_requests=3_000,
             batch_sizes=(1_000, 10_000), batch_repeats=5, sample_rows=20_000, train_days=None)

@@ -31,12 +31,12 @@ class _CaptureAll(logging.Handler):
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    handler = _CaptureAll(level=logging.DEBUG)
-    logging.getLogger().addHandler(handler)
-    # Powertools' Logger does not propagate to the root logger.
+    logging.getLogger().addHandler(_CaptureAll(level=logging.DEBUG))
+    # Powertools' Logger adds a filter to the root logger's handlers that drops its own
+    # records (to avoid printing them twice), so its logger gets a handler of its own.
     from fraudscore.observability import SERVICE_NAME
 
-    logging.getLogger(SERVICE_NAME).addHandler(handler)
+    logging.getLogger(SERVICE_NAME).addHandler(_CaptureAll(level=logging.DEBUG))
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:

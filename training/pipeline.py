@@ -34,6 +34,9 @@ PHASES = ("read", "split", "stage 1", "stage 2 (all rows)", "band", "stage 2 (un
 # Rows used for the single-feature leakage check; enough for a stable AUC.
 LEAKAGE_SAMPLE_ROWS = 200_000
 MIN_UNCERTAIN_FRAUDS = 30
+# Feature ranges: see build_schema.
+RANGE_FACTOR = 1000.0
+MIN_UPPER_BOUND = 1e6
 
 
 @dataclass
@@ -328,19 +331,27 @@ def _summary(candidate: Candidate) -> dict[str, Any]:
 
 
 def build_schema(frame: pd.DataFrame, features: Sequence[str]) -> FeatureSchema:
-    """Feature ranges from the history, widened so that plausible new values pass.
+    """Valid ranges of the features, wide enough for every plausible transaction.
 
-    A feature never seen below 0 gets a minimum of 0; otherwise 10 times the observed
-    minimum. One whose values all lie in [0, 1] (flags, risk shares) gets a maximum of 1;
-    otherwise 10 times the observed maximum. Values outside are rejected at serving time.
+    The ranges reject nonsense (a negative count, an amount of 1e300), not rare values:
+    the largest purchase must still be scored. A feature never seen below 0 gets a
+    minimum of 0, otherwise ``RANGE_FACTOR`` times the observed minimum. One whose values
+    all lie in [0, 1] (flags, risk shares) gets a maximum of 1; any other a maximum of
+    ``RANGE_FACTOR`` times the observed maximum, at least ``MIN_UPPER_BOUND``. A feature
+    whose training values are all whole numbers accepts only whole numbers.
     """
     specs = []
     for name in features:
         values = frame[name].to_numpy(np.float64)
         lowest, highest = float(values.min()), float(values.max())
-        minimum = 0.0 if lowest >= 0 else 10.0 * lowest
-        maximum = 1.0 if lowest >= 0 and highest <= 1 else max(10.0 * highest, 1.0)
-        specs.append(FeatureSpec(name, minimum, maximum))
+        minimum = 0.0 if lowest >= 0 else RANGE_FACTOR * lowest
+        bounded = lowest >= 0 and highest <= 1
+        maximum = 1.0 if bounded else max(RANGE_FACTOR * highest, MIN_UPPER_BOUND)
+        specs.append(FeatureSpec(
+            name, minimum, maximum,
+            integer=bool(np.all(values == np.floor(values))),
+            observed_minimum=lowest, observed_maximum=highest,
+        ))
     return FeatureSchema(specs)
 
 

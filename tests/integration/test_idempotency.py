@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from fraudscore.audit import create_schema
+from tests.conftest import CAPTURED_OUTPUT
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -90,3 +91,37 @@ def test_batch_repeat_is_idempotent(make_client, database_url, examples) -> None
     assert first.status_code == 200 and second.status_code == 200
     assert second.json()["decisions"] == first.json()["decisions"]
     assert [_rows(database_url, f"b-{i}") for i in range(3)] == [1, 1, 1]
+
+
+def test_batch_conflict_names_position(make_client, database_url, examples) -> None:  # type: ignore[no-untyped-def]
+    client = make_client(database_url=database_url)
+    client.post("/predict", json={"transaction_id": "pos-taken",
+                                  "features": examples["uncertain"]})
+    batch = {"transactions": [
+        {"transaction_id": "pos-new", "features": examples["uncertain"]},
+        {"transaction_id": "pos-taken", "features": examples["confident_genuine"]},
+    ]}
+
+    response = client.post("/predict/batch", json=batch)
+
+    assert response.status_code == 409
+    assert "transactions[1]" in response.json()["detail"]
+
+
+def test_repeat_not_counted_as_decision(  # type: ignore[no-untyped-def]
+    make_client, database_url, examples, capsys
+) -> None:
+    client = make_client(database_url=database_url)
+    body = {"transaction_id": "count-once", "features": examples["confident_genuine"]}
+    client.post("/predict", json=body)
+    capsys.readouterr()
+    logged_before = len(CAPTURED_OUTPUT)
+
+    client.post("/predict", json=body)
+    output = capsys.readouterr().out
+    logged = "\n".join(CAPTURED_OUTPUT[logged_before:])
+
+    emf = [json.loads(line) for line in output.splitlines() if '"_aws"' in line]
+    assert [record["Decisions"] for record in emf] == [[0.0]]
+    assert "repeated decision returned" in logged
+    assert '"decision"' not in logged

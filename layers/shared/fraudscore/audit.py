@@ -238,8 +238,9 @@ class AuditStore:
 
         if conflicts and not keep_conflicts:
             raise IdempotencyConflictError(
+                conflicts[0].transaction_id,
                 f"transaction_id {conflicts[0].transaction_id!r} was already scored with "
-                "different features; use a new transaction_id"
+                "different features; use a new transaction_id",
             )
         if conflicts:
             logger.error("storing %d replayed record(s) as idempotency conflicts: %s",

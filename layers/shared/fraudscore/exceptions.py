@@ -48,3 +48,7 @@ class AuditError(FraudScoreError):
 
 class IdempotencyConflictError(FraudScoreError):
     """A transaction id was reused with different features."""
+
+    def __init__(self, transaction_id: str, message: str) -> None:
+        super().__init__(message)
+        self.transaction_id = transaction_id

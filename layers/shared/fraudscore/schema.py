@@ -19,11 +19,19 @@ _VECTORIZED_MIN_ROWS = 16
 
 @dataclass(frozen=True, slots=True)
 class FeatureSpec:
-    """One model input: its name and the closed range of values it accepts."""
+    """One model input: its name, the closed range of values it accepts, and whether
+    only whole numbers are valid (flags and counts).
+
+    ``observed_minimum`` and ``observed_maximum`` record the range seen in training, for
+    drift monitoring; values outside it but inside ``[minimum, maximum]`` are scored.
+    """
 
     name: str
     minimum: float
     maximum: float
+    integer: bool = False
+    observed_minimum: float | None = None
+    observed_maximum: float | None = None
     description: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -31,15 +39,23 @@ class FeatureSpec:
             "name": self.name,
             "minimum": self.minimum,
             "maximum": self.maximum,
+            "integer": self.integer,
+            "observed_minimum": self.observed_minimum,
+            "observed_maximum": self.observed_maximum,
             "description": self.description,
         }
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> FeatureSpec:
+        observed_minimum = raw.get("observed_minimum")
+        observed_maximum = raw.get("observed_maximum")
         return cls(
             name=str(raw["name"]),
             minimum=float(raw["minimum"]),
             maximum=float(raw["maximum"]),
+            integer=bool(raw.get("integer", False)),
+            observed_minimum=None if observed_minimum is None else float(observed_minimum),
+            observed_maximum=None if observed_maximum is None else float(observed_maximum),
             description=str(raw.get("description", "")),
         )
 
@@ -68,6 +84,7 @@ class FeatureSchema:
         self._minimum = np.array([spec.minimum for spec in features], dtype=np.float64)
         self._maximum = np.array([spec.maximum for spec in features], dtype=np.float64)
         self._bounds = tuple((spec.name, spec.minimum, spec.maximum) for spec in features)
+        self._integer = np.array([spec.integer for spec in features], dtype=bool)
 
     def __len__(self) -> int:
         return len(self.features)
@@ -129,9 +146,15 @@ class FeatureSchema:
             vector = np.array(values, dtype=np.float64)
         except (KeyError, TypeError, OverflowError):
             return None
-        if not np.isfinite(vector).all():
+        if not np.isfinite(vector).all() or not self._whole_where_required(vector):
             return None
         return vector
+
+    def _whole_where_required(self, values: np.ndarray) -> bool:
+        if not self._integer.any():
+            return True
+        required = values[..., self._integer]
+        return bool((required == np.floor(required)).all())
 
     def _validate_checked(self, features: Mapping[str, Any]) -> np.ndarray:
         unknown = [name for name in features if name not in self._index]
@@ -140,10 +163,12 @@ class FeatureSchema:
             raise FeatureValidationError(
                 shown, f"unknown feature; expected only {len(self.names)} schema features"
             )
+        missing = [name for name in self.names if name not in features]
+        if missing:
+            others = f" ({len(missing)} missing: {', '.join(missing)})" if len(missing) > 1 else ""
+            raise FeatureValidationError(missing[0], f"missing required feature{others}")
         vector = np.empty(len(self.names), dtype=np.float64)
         for position, spec in enumerate(self.features):
-            if spec.name not in features:
-                raise FeatureValidationError(spec.name, "missing required feature")
             vector[position] = self._check_value(spec, features[spec.name])
         return vector
 
@@ -178,7 +203,7 @@ class FeatureSchema:
         except (KeyError, TypeError, OverflowError):
             return None
         inside = (matrix >= self._minimum) & (matrix <= self._maximum) & np.isfinite(matrix)
-        return matrix if inside.all() else None
+        return matrix if inside.all() and self._whole_where_required(matrix) else None
 
     def as_dict(self, vector: np.ndarray) -> dict[str, float]:
         """Map a vector in schema order back to feature name to value."""
@@ -200,6 +225,8 @@ class FeatureSchema:
         if not spec.minimum <= number <= spec.maximum:
             raise FeatureValidationError(
                 spec.name,
-                f"must be between {spec.minimum:g} and {spec.maximum:g}, got {number:g}",
+                f"must be between {spec.minimum!r} and {spec.maximum!r}, got {number!r}",
             )
+        if spec.integer and not number.is_integer():
+            raise FeatureValidationError(spec.name, f"must be a whole number, got {number!r}")
         return number

@@ -53,7 +53,7 @@ class ScoredBatch:
     stage2_latency_ms: float | None = None
     stage2_error: str | None = None
     audit_fallback: str | None = None
-    repeats: int = 0
+    repeated: tuple[bool, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +163,7 @@ class DecisionService:
             request_id=request_id, latency_ms=latency_ms,
         )
         repeats, fallback = self._record(records, request_id)
+        repeated = tuple(record.decision_id in repeats for record in records)
         for i, record in enumerate(records):
             stored = repeats.get(record.decision_id)
             if stored is not None:
@@ -170,7 +171,7 @@ class DecisionService:
                 records[i] = stored
         return ScoredBatch(
             request_id, decisions, records, latency_ms, int(escalated.sum()),
-            outcome.latency_ms, outcome.error, fallback, len(repeats),
+            outcome.latency_ms, outcome.error, fallback, repeated,
         )
 
     def _record(

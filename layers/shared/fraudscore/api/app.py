@@ -11,6 +11,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from fraudscore.api.models import (
@@ -37,6 +38,23 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
     "Strict-Transport-Security": "max-age=63072000; includeSubDomains",
+}
+
+
+class ErrorResponse(BaseModel):
+    """An error other than invalid features: what went wrong and what to do."""
+
+    detail: str
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "Invalid JSON or duplicate keys"},
+    409: {"model": ErrorResponse,
+          "description": "transaction_id already scored with other features"},
+    413: {"model": ErrorResponse, "description": "Body over MAX_BODY_BYTES"},
+    415: {"model": ErrorResponse, "description": "Content type is not application/json"},
+    503: {"model": ErrorResponse,
+          "description": "Bundle not loaded, or the decision could not be audited"},
 }
 
 
@@ -121,19 +139,31 @@ def _decide(runtime: Runtime, transactions: list[Transaction], request_id: str) 
             "retry the request"
         ) from exc
     except IdempotencyConflictError as exc:
-        raise HTTPException(409, str(exc)) from exc
+        positions = [
+            i for i, t in enumerate(transactions) if t.transaction_id == exc.transaction_id
+        ]
+        where = f" (transactions[{positions[0]}])" if len(transactions) > 1 and positions else ""
+        raise HTTPException(409, f"{exc}{where}") from exc
     _observe(batch)
     return batch
 
 
 def _observe(batch: ScoredBatch) -> None:
-    for decision, record in zip(batch.decisions, batch.records, strict=True):
-        logger.info("decision", extra=decision_log_fields(decision, record))
-    total = len(batch.decisions)
-    stage2 = sum(1 for d in batch.decisions if d.stage == "stage2")
-    degraded = sum(1 for d in batch.decisions if d.degraded)
-    metrics.add_metric(name="Decisions", unit="Count", value=total)
-    metrics.add_metric(name="Stage1Decisions", unit="Count", value=total - stage2)
+    """Log one line per new decision and emit the request's metrics.
+
+    A repeated transaction id returns the stored decision; it is logged as a repeat and
+    left out of the decision metrics, so client retries do not inflate them.
+    """
+    repeated = batch.repeated or (False,) * len(batch.decisions)
+    new = [d for d, again in zip(batch.decisions, repeated, strict=True) if not again]
+    for decision, record, again in zip(batch.decisions, batch.records, repeated, strict=True):
+        message = "repeated decision returned" if again else "decision"
+        logger.info(message, extra=decision_log_fields(decision, record))
+
+    stage2 = sum(1 for d in new if d.stage == "stage2")
+    degraded = sum(1 for d in new if d.degraded)
+    metrics.add_metric(name="Decisions", unit="Count", value=len(new))
+    metrics.add_metric(name="Stage1Decisions", unit="Count", value=len(new) - stage2)
     metrics.add_metric(name="Stage2Decisions", unit="Count", value=stage2)
     metrics.add_metric(name="Escalations", unit="Count", value=batch.escalated)
     if batch.stage2_latency_ms is not None:
@@ -144,7 +174,7 @@ def _observe(batch: ScoredBatch) -> None:
         metrics.add_metric(name="DegradedDecisions", unit="Count", value=degraded)
     if batch.audit_fallback is not None:
         metrics.add_metric(name="AuditWriteFailures", unit="Count", value=1)
-        metrics.add_metric(name="AuditFallbackWrites", unit="Count", value=total)
+        metrics.add_metric(name="AuditFallbackWrites", unit="Count", value=len(batch.decisions))
     metrics.flush_metrics()
 
 
@@ -160,7 +190,8 @@ def _build_router(runtime: Runtime) -> APIRouter:
                        {"max_body_bytes": runtime.settings.max_body_bytes})
     router = APIRouter(route_class=route_class)
 
-    @router.post("/predict", response_model=DecisionResponse, tags=["scoring"])
+    @router.post("/predict", response_model=DecisionResponse, tags=["scoring"],
+                 responses=ERROR_RESPONSES)
     def predict(transaction: Transaction, request: Request) -> dict[str, Any]:
         """Score one transaction."""
         try:
@@ -169,7 +200,9 @@ def _build_router(runtime: Runtime) -> APIRouter:
             raise FeatureValidationError(exc.field, exc.message) from None
         return batch.decisions[0].to_dict()
 
-    @router.post("/predict/batch", response_model=BatchResponse, tags=["scoring"])
+    @router.post("/predict/batch", response_model=BatchResponse, tags=["scoring"],
+                 responses=ERROR_RESPONSES,
+                 description=f"At most {runtime.settings.max_batch_size} transactions.")
     def predict_batch(body: BatchRequest, request: Request) -> dict[str, Any]:
         """Score several transactions; one decision each, in request order."""
         limit = runtime.settings.max_batch_size
@@ -182,7 +215,8 @@ def _build_router(runtime: Runtime) -> APIRouter:
         batch = _decide(runtime, body.transactions, _request_id(request))
         return {"request_id": batch.request_id, "decisions": [d.to_dict() for d in batch.decisions]}
 
-    @router.get("/health", response_model=HealthResponse, tags=["operations"])
+    @router.api_route("/health", methods=["GET", "HEAD"], response_model=HealthResponse,
+                      tags=["operations"], responses={503: {"model": HealthResponse}})
     def health() -> JSONResponse:
         """Liveness and readiness: bundle loaded and audit store (or its fallback) usable."""
         service = runtime.service

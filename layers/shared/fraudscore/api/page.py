@@ -44,6 +44,7 @@ form.addEventListener("submit", async (event) => {
       ? "not escalated" : answer.stage2_probability.toFixed(6)),
     "degraded:           " + answer.degraded + (answer.degraded_reason
       ? " (" + answer.degraded_reason + ")" : ""),
+    "manual review:      " + answer.manual_review,
     "model version:      " + answer.model_version,
     "transaction id:     " + answer.transaction_id,
   ];
@@ -93,8 +94,12 @@ _TEMPLATE = """<!doctype html>
 def render_page(
     *, version: str, low: float, high: float, threshold: float, example: dict[str, Any]
 ) -> str:
-    """Return the page, prefilled with ``example`` as a POST /predict body."""
-    body = json.dumps({"transaction_id": "demo-1", "features": example}, indent=2)
+    """Return the page, prefilled with ``example`` as a POST /predict body.
+
+    The body has no ``transaction_id``, so the service generates one per request and an
+    edited transaction is scored anew instead of being rejected as a reused id.
+    """
+    body = json.dumps({"features": example}, indent=2)
     return _TEMPLATE.format(
         version=html.escape(version),
         low=low,

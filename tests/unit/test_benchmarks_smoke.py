@@ -1,0 +1,129 @@
+"""Benchmark suite: summaries, the results table, and the reference it compares with."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from benchmarks.measure import Figure, summarize, time_calls
+from benchmarks.reference import (
+    create_reference_app,
+    fit_reference,
+    load_reference,
+    save_reference,
+)
+from benchmarks.report import format_number, render_markdown, render_table
+from benchmarks.workspace import DATETIME, _period
+from fraudscore.bundle import load_bundle
+from fraudscore.storage import open_store
+
+
+def test_summarize_median_and_p99() -> None:
+    summary = summarize([float(value) for value in range(100, 0, -1)])
+    assert summary.runs == 100
+    assert summary.median == 50.5
+    assert summary.p99 == 99.0
+
+
+def test_summarize_single_sample() -> None:
+    summary = summarize([3.0])
+    assert summary.median == 3.0
+    assert summary.p99 == 3.0
+
+
+def test_summarize_rejects_empty() -> None:
+    with pytest.raises(ValueError, match="empty"):
+        summarize([])
+
+
+def test_time_calls_counts_runs_not_warmup() -> None:
+    calls: list[int] = []
+    samples = time_calls(calls.append, 5, warmup=3)
+    assert len(samples) == 5
+    assert calls == [0, 1, 2, 0, 1, 2, 3, 4]
+    assert all(sample >= 0 for sample in samples)
+
+
+def test_ratio_for_times_and_rates() -> None:
+    time_figure = Figure("g", "latency", "ms", 2.0, reference=10.0)
+    rate_figure = Figure("g", "rate", "req/s", 300.0, reference=100.0, higher_is_better=True)
+    assert time_figure.ratio == 5.0
+    assert rate_figure.ratio == 3.0
+    assert Figure("g", "skipped", "ms", None, reference=1.0).ratio is None
+    assert Figure("g", "alone", "ms", 1.0).ratio is None
+
+
+def test_format_number_significant_digits() -> None:
+    assert format_number(None) == "-"
+    assert format_number(123456.7) == "123,457"
+    assert format_number(123.4) == "123"
+    assert format_number(12.34) == "12.3"
+    assert format_number(1.234) == "1.23"
+    assert format_number(0.01234) == "0.012"
+
+
+def test_table_shows_missed_target_and_notes() -> None:
+    figures = [
+        Figure("warm", "stage-1 decision", "ms", 1.5, runs=10, p99=2.0, reference=3.0,
+               target="median < 1 ms", met=False, note="slow framework"),
+        Figure("size", "stage 1", "MiB", None, note="skipped: no build"),
+    ]
+    table = render_table(figures)
+    assert "warm: stage-1 decision" in table
+    assert "2.0x" in table
+    assert " NO" in table
+    assert "skipped" in table
+    assert "- warm: stage-1 decision: slow framework" in table
+
+    markdown = render_markdown(figures).splitlines()
+    assert len(markdown) == 2 + len(figures)
+    assert markdown[2].startswith("| warm: stage-1 decision | ms | 10 |")
+
+
+@pytest.fixture(scope="module")
+def reference_setup(simulated_history: Path, bundle_dir: Path, tmp_path_factory):  # type: ignore[no-untyped-def]
+    bundle = load_bundle(open_store(str(bundle_dir)))
+    label = bundle.manifest["training_data"]["label"]
+    frame = pd.read_parquet(simulated_history, columns=[*bundle.schema.names, label, DATETIME])
+    fitted = fit_reference(_period(frame, bundle.manifest, "train"), label, bundle.manifest)
+    path = tmp_path_factory.mktemp("reference") / "reference.joblib"
+    save_reference(fitted, path)
+    test = _period(frame, bundle.manifest, "test").head(500)
+    return bundle, load_reference(path), test
+
+
+def test_reference_stage1_matches_bundle(reference_setup) -> None:  # type: ignore[no-untyped-def]
+    bundle, reference, test = reference_setup
+    rows = test[list(bundle.schema.names)]
+    ours = bundle.stage1.probability(rows.to_numpy(np.float64))
+    theirs = reference.stage1_probability(rows)
+    np.testing.assert_allclose(theirs, ours, rtol=1e-6, atol=1e-9)
+
+
+def test_reference_routes_like_bundle(reference_setup) -> None:  # type: ignore[no-untyped-def]
+    bundle, reference, test = reference_setup
+    rows = test[list(bundle.schema.names)]
+    escalated = bundle.band.contains(bundle.stage1.probability(rows.to_numpy(np.float64)))
+    answers = reference.decide_many(rows.to_dict("records"))
+    assert [answer["stage"] == "stage2" for answer in answers] == escalated.tolist()
+
+
+def test_reference_app_checks_feature_names(reference_setup) -> None:  # type: ignore[no-untyped-def]
+    bundle, reference, test = reference_setup
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*httpx2.*")
+        from fastapi.testclient import TestClient
+    client = TestClient(create_reference_app(reference))
+    features = test[list(bundle.schema.names)].iloc[0].to_dict()
+
+    answered = client.post("/predict", json={"features": features})
+    assert answered.status_code == 200
+    assert answered.json()["stage"] in {"stage1", "stage2"}
+
+    features.pop(bundle.schema.names[0])
+    rejected = client.post("/predict", json={"features": features})
+    assert rejected.status_code == 422
