@@ -51,9 +51,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _add_simulate(commands: argparse._SubParsersAction) -> None:
     command = commands.add_parser(
-        "simulate", help="write a deterministic simulated transaction history",
+        "simulate", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="write a deterministic simulated transaction history",
         description="Write simulated card transactions with the reference data set's columns "
-        "(customers, terminals, several fraud patterns, about 1 %% fraud).",
+        "(customers, terminals, several fraud patterns, about 1 % fraud).",
     )
     command.add_argument("--out", required=True, type=Path, help="output .parquet or .csv file")
     command.add_argument("--customers", type=int, default=2000, help="number of customers")
@@ -67,6 +67,13 @@ def _add_simulate(commands: argparse._SubParsersAction) -> None:
 def _run_simulate(args: argparse.Namespace) -> int:
     from training.simulate import simulate, write_transactions
 
+    if args.out.suffix.lower() not in {".parquet", ".csv"}:
+        raise ValueError(f"--out must end in .parquet or .csv, got {args.out}")
+    for option, value in (("--customers", args.customers), ("--terminals", args.terminals),
+                          ("--days", args.days)):
+        if value < 1:
+            raise ValueError(f"{option} must be at least 1, got {value}")
+
     frame = simulate(n_customers=args.customers, n_terminals=args.terminals,
                      n_days=args.days, start_date=args.start_date, seed=args.seed)
     write_transactions(frame, args.out)
@@ -77,7 +84,7 @@ def _run_simulate(args: argparse.Namespace) -> int:
 
 def _add_ingest(commands: argparse._SubParsersAction) -> None:
     command = commands.add_parser(
-        "ingest", help="load a Parquet or CSV file into a PostgreSQL table",
+        "ingest", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="load a Parquet or CSV file into a PostgreSQL table",
         description="Load transactions into PostgreSQL in chunks. Rows whose TRANSACTION_ID "
         "is already in the table are skipped, so a re-run inserts nothing twice.",
     )
@@ -104,7 +111,7 @@ def _run_ingest(args: argparse.Namespace) -> int:
 
 def _add_train(commands: argparse._SubParsersAction) -> None:
     command = commands.add_parser(
-        "train", help="train both stages and write a model bundle",
+        "train", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="train both stages and write a model bundle",
         description="Train stage 1 (logistic regression) and stage 2 (XGBoost), choose the "
         "uncertainty band on the validation period, evaluate on the test period and write a "
         "model bundle with a report.",

@@ -160,7 +160,8 @@ def _render_markdown(
     lines += [
         "",
         f"Stage 2 scores transactions with a stage-1 probability in "
-        f"[{band[0]:.4f}, {band[1]:.4f}]. An alert is a score >= {threshold:.4f}.",
+        f"[{band[0]:.4f}, {band[1]:.4f}) (low included, high excluded). "
+        f"An alert is a score >= {threshold:.4f}.",
         "",
         "## Run",
         "",

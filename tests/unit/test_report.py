@@ -127,7 +127,7 @@ def test_report_lists_meta(written):
     assert "| data fingerprint | sha256:0123abcd |" in text
     assert "| test period | 2018-08-08..2018-08-14 |" in text
     assert '| columns | ["TX_AMOUNT", "TX_DURING_NIGHT"] |' in text
-    assert "[0.0500, 0.4000]" in text
+    assert "[0.0500, 0.4000)" in text
     assert ">= 0.3000" in text
 
 
