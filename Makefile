@@ -81,8 +81,17 @@ iac-lint: $(SAM_VENV)/.installed
 	$(AWS_OFFLINE) $(SAM) validate --lint
 	$(SAM_VENV)/bin/cfn-lint template.yaml
 
+# sam build, then ship compiled .pyc: Lambda's code directory is read-only, so without
+# them every cold start compiles every module (docs/benchmarks.md, "Shipping .pyc").
+# numpy's and scipy's own test suites are removed first to stay under the 250 MiB limit.
+BUILD := .aws-sam/build
 sam-build: $(SAM_VENV)/.installed
 	PATH="$(PY_DIR):$$PATH" $(AWS_OFFLINE) $(SAM) build
+	find $(BUILD)/Stage1Function $(BUILD)/Stage2Function $(BUILD)/SharedLayer/python \
+	    -type d -name tests \( -path '*/numpy/*' -o -path '*/scipy/*' \) -prune -exec rm -rf {} +
+	$(PYTHON) -m compileall -q -j 0 --invalidation-mode unchecked-hash \
+	    $(BUILD)/Stage1Function $(BUILD)/Stage2Function $(BUILD)/SharedLayer/python \
+	    $(BUILD)/AuditReplayFunction $(BUILD)/AuditSchemaFunction
 
 bench: install
 	$(BIN)/python -m benchmarks --full

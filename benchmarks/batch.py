@@ -15,6 +15,7 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import create_engine
@@ -60,10 +61,25 @@ def run(workspace: Workspace) -> list[Figure]:
             create_reference_schema(engine)
             engine.dispose()
         for size in workspace.mode.batch_sizes:
-            figures.append(_in_process(workspace, audit_name, url, size))
+            name = f"DecisionService.decide, {size:,} rows, {audit_name}"
+            figures.append(_guarded(name, partial(_in_process, workspace, audit_name, url, size)))
     for audit_name, url in audits[:1] + audits[2:]:
-        figures.append(_through_api(workspace, audit_name, url))
+        name = f"/predict/batch of {API_BATCH:,} (TestClient), {audit_name}"
+        figures.append(_guarded(name, partial(_through_api, workspace, audit_name, url)))
     return figures
+
+
+def _guarded(name: str, measure: Callable[[], Figure]) -> Figure:
+    """Return the figure, or one that records why the service failed to produce it.
+
+    A failure of the service under test is a result to report, not a broken suite.
+    """
+    try:
+        return measure()
+    except Exception as exc:
+        logger.exception("batch figure %s failed", name)
+        return Figure(GROUP, name, "decisions/s", None,
+                      note=f"failed: {type(exc).__module__}.{type(exc).__name__}: {exc}"[:300])
 
 
 def _rows(workspace: Workspace, size: int) -> list[dict[str, float]]:
@@ -132,7 +148,7 @@ def _post(client: TestClient, body: str) -> None:
     response = client.post("/predict/batch", content=body,
                            headers={"content-type": "application/json"})
     if response.status_code != 200:
-        raise RuntimeError(f"/predict/batch answered {response.status_code}: "
+        raise RuntimeError(f"/predict/batch returned {response.status_code}: "
                            f"{response.text[:300]}")
 
 

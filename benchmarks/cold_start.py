@@ -3,10 +3,10 @@
 Each run starts the base Python interpreter of this environment with ``-S -s -B``: no
 site-packages, no user site, no .pyc written. ``PYTHONPATH`` lists only the deployment's
 directories and the runtime-provided packages, so every import comes from the build
-output; the child checks that and reports any module loaded from elsewhere. The child
-times the import of the handler module (which loads the bundle or the joblib file) and
-the first call of the handler, with the standard library's .pyc as the Lambda runtime
-has them. Without .pyc, Python compiles every imported module of the deployment.
+output. The child checks this and reports any module loaded from elsewhere. It times the
+import of the handler module (which loads the bundle or the joblib file) and the first
+call of the handler. The standard library keeps its .pyc, as in the Lambda runtime.
+Without .pyc in the deployment, Python compiles every module it imports from there.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ with open(args["result"], "w") as stream:
 
 
 def base_python() -> str:
-    """The interpreter this virtual environment was created from, without its packages."""
+    """Return the interpreter this virtual environment was created from."""
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
     candidate = Path(sys.base_prefix) / "bin" / version
     if candidate.exists():
@@ -121,7 +121,7 @@ def _figures(measured: dict[tuple[str, bool], dict[str, Any]],
             reference = measured[("reference", compiled)]
             label = ".pyc shipped" if compiled else "no .pyc (python -B)"
             figure = Figure(
-                GROUP, f"cold start {name}, {label}", "ms", ours["total"].median, runs=runs,
+                GROUP, f"{name}, {label}", "ms", ours["total"].median, runs=runs,
                 reference=reference["total"].median,
                 note=f"import {ours['import'].median:.0f} ms + first answer "
                      f"{ours['first'].median:.0f} ms; {ours['modules']} modules",
@@ -137,7 +137,7 @@ def _figures(measured: dict[tuple[str, bool], dict[str, Any]],
         reference = measured[("reference", compiled)]
         label = ".pyc shipped" if compiled else "no .pyc (python -B)"
         figures.append(Figure(
-            GROUP, f"cold start reference (one function), {label}", "ms",
+            GROUP, f"reference (one function), {label}", "ms",
             reference["total"].median, runs=runs,
             note=f"import {reference['import'].median:.0f} ms + first answer "
                  f"{reference['first'].median:.0f} ms; {reference['modules']} modules",
@@ -149,8 +149,8 @@ def _environment(workspace: Workspace, name: str) -> dict[str, str]:
     environment = {
         "PATH": "/usr/bin:/bin",
         "LANG": "C.UTF-8",
-        # Credentials and region as Lambda sets them; no AWS call is made, and the
-        # instance metadata service is never asked for credentials.
+        # Region and dummy credentials, as Lambda sets them. No AWS call is made, and
+        # the instance metadata service is disabled so nothing asks it for credentials.
         "AWS_REGION": "us-east-1",
         "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_ACCESS_KEY_ID": "benchmark",

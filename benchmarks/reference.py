@@ -127,9 +127,10 @@ def fit_reference(
 ) -> ReferenceModel:
     """Fit both reference models on the bundle's training rows.
 
-    Stage 1 is fitted on every row of ``train``; stage 2 with the bundle's XGBoost
-    parameters and tree count, on the rows whose calibrated stage-1 probability falls in
-    the bundle's stage-2 training band when it has one (as the training job does).
+    Stage 1 is fitted on every row of ``train``. Stage 2 gets the bundle's XGBoost
+    parameters and tree count. When the bundle has a stage-2 training band, stage 2 is
+    fitted only on the rows whose calibrated stage-1 probability falls in it, as the
+    training job does.
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline
@@ -198,7 +199,7 @@ def create_reference_schema(engine: Engine) -> None:
 def write_audit(
     engine: Engine, features: Sequence[Mapping[str, float]], answers: Sequence[Mapping[str, Any]]
 ) -> None:
-    """Insert one audit row per answer, all in one transaction."""
+    """Insert one audit row per decision, all in one transaction."""
     decided_at = datetime.now(UTC)
     rows = [
         {

@@ -35,7 +35,8 @@ def _cells(figure: Figure) -> list[str]:
         f"{figure.group}: {figure.name}",
         figure.unit,
         "" if figure.runs is None else f"{figure.runs:,}",
-        format_number(figure.median) if figure.median is not None else "skipped",
+        format_number(figure.median) if figure.median is not None
+        else "failed" if figure.note.startswith("failed") else "skipped",
         format_number(figure.p99) if figure.p99 is not None else "",
         format_number(figure.reference) if figure.reference is not None else "",
         f"{ratio:.1f}x" if ratio is not None else "",

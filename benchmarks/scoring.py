@@ -1,6 +1,6 @@
 """Figure 1: the scoring core on one transaction, and stage 2 on one escalated row.
 
-The core is what the service runs per transaction before it builds the answer: schema
+The core is what the service runs per transaction before it builds the response: schema
 validation, the stage-1 probability and routing (the band check and the threshold). The
 reference does the usual ``pd.DataFrame([features])`` and ``Pipeline.predict_proba``,
 then calibration, band check and threshold. Both cycle through rows of the test period.

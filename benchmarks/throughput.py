@@ -1,7 +1,7 @@
 """Figure 5: throughput of the local server with PostgreSQL audit.
 
 uvicorn serves ``functions.stage1.app:app`` with one worker per core and the access log
-off; the reference app (``benchmarks.reference_app:app``) is served the same way and
+off. The reference app (``benchmarks.reference_app:app``) is served the same way and
 writes its own audit rows to the same database. An async load generator
 (``httpx.AsyncClient``) in this process sends N requests per concurrency level to
 127.0.0.1 and counts every non-200 answer or transport error. The load generator

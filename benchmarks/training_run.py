@@ -1,9 +1,10 @@
 """Figure 7: training on the full reference data set, wall time and peak memory.
 
-The bundle of the run is trained by a child process (``python -m training train``, under
-GNU ``time -v`` when /usr/bin/time exists); this group reports its wall time, its peak
-resident memory and the per-phase times the training job records in the bundle manifest
-(``metrics.phase_seconds``). Full mode only: smoke runs train on a short window.
+A child process trains the run's bundle with ``python -m training train``, under GNU
+``time -v`` when /usr/bin/time exists. This group reports the child's wall time and peak
+resident memory, and the phase times that the training job records in the bundle
+manifest (``metrics.phase_seconds``). Full mode only, because smoke runs train on a
+short window.
 """
 
 from __future__ import annotations

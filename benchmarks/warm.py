@@ -1,10 +1,10 @@
 """Figure 2: warm requests through the stage-1 Lambda handler, and the database's share.
 
 The stage-1 function module is imported fresh for each audit setting, with its settings
-in the environment as Lambda would set them, and called with API Gateway HTTP API
-(payload 2.0) events: a transaction that stage 1 decides, and one in the uncertain band
-that goes to stage 2 in the same process. The reference is the minimal FastAPI app of
-``benchmarks.reference`` behind Mangum, called with the same events.
+in the environment as Lambda would set them. It is called with API Gateway HTTP API
+(payload 2.0) events for two transactions: one that stage 1 decides, and one in the
+uncertain band that goes to stage 2 in the same process. The reference is the minimal
+FastAPI app of ``benchmarks.reference`` behind Mangum, called with the same events.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def _measure(workspace: Workspace, audit_name: str, path: str, event: dict[str, 
         for handler in (ours, theirs):
             response = handler(event)
             if response["statusCode"] != 200:
-                raise RuntimeError(f"{audit_name}, {path}: handler answered "
+                raise RuntimeError(f"{audit_name}, {path}: handler returned "
                                    f"{response['statusCode']}: {response['body'][:300]}")
         gc.collect()
         mine = summarize(time_calls(lambda _i: ours(event), mode.handler_runs, warmup=100))

@@ -1,4 +1,4 @@
-"""What every benchmark group needs: data, a bundle, the reference models, request rows."""
+"""Inputs shared by the benchmark groups: data, a bundle, the reference models, request rows."""
 
 from __future__ import annotations
 
@@ -94,11 +94,8 @@ class Workspace:
     database_url: str | None
     postgres_version: str | None
     notes: list[str] = field(default_factory=list)
+    # Work shared between groups, such as the deployment copies, keyed by name.
     cache: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def python(self) -> str:
-        return sys.executable
 
 
 def prepare(
@@ -127,8 +124,8 @@ def prepare(
     train = _period(frame, manifest, "train")
     expected_rows = manifest["training_data"]["splits"].get("rows", {}).get("train")
     if expected_rows is not None and expected_rows != len(train):
-        notes.append(f"reference fitted on {len(train)} rows; the bundle's training period "
-                     f"had {expected_rows} (different data than the bundle was trained on?)")
+        notes.append(f"reference fitted on {len(train)} rows, but the bundle's training "
+                     f"period had {expected_rows}: the bundle may come from other data")
 
     logger.info("fitting the reference models on %d rows", len(train))
     started = time.perf_counter()

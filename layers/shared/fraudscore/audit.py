@@ -123,6 +123,16 @@ def _conflict_row(record: AuditRecord) -> dict[str, Any]:
     return row
 
 
+# Rows per multi-row INSERT: 18 columns each, so 1,000 rows use 18,000 of PostgreSQL's
+# 65,535 bind parameters per statement (SQLite allows 250,000 since 3.32).
+INSERT_CHUNK = 1000
+
+
+def _connects_in_autocommit(engine: Engine) -> bool:
+    # The isolation level given to create_engine(); SQLAlchemy keeps it on the dialect.
+    return getattr(engine.dialect, "_on_connect_isolation_level", None) == "AUTOCOMMIT"
+
+
 _INSERT_BY_DIALECT = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
 
 
@@ -137,12 +147,21 @@ class AuditStore:
     """
 
     def __init__(self, engine: Engine) -> None:
-        self.engine = engine
         dialect = engine.dialect.name
         if dialect not in _INSERT_BY_DIALECT:
             raise AuditError(f"unsupported audit database dialect {dialect!r}")
         self._insert_function = _INSERT_BY_DIALECT[dialect]
-        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        # Writes run in autocommit mode: a single-row INSERT is its own transaction, with
+        # no BEGIN or COMMIT round trip. create_audit_engine sets it once per connection;
+        # any other engine gets it per checkout, which costs a few statements each time.
+        if _connects_in_autocommit(engine):
+            self.engine = engine
+        else:
+            self.engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+        insert: Any = self._insert_function(audit_decisions)
+        self._single_insert = insert.on_conflict_do_nothing().returning(
+            audit_decisions.c.decision_id
+        )
 
     def write(
         self, records: Sequence[AuditRecord], *, keep_conflicts: bool = False
@@ -194,26 +213,46 @@ class AuditStore:
     def _write_once(
         self, records: Sequence[AuditRecord], keep_conflicts: bool
     ) -> dict[str, AuditRecord]:
-        # A single row needs no explicit transaction: autocommit saves the BEGIN and
-        # COMMIT round trips. Several rows share one transaction, so a conflict on one
-        # of them (409) writes none of them.
-        engine = self._autocommit if len(records) == 1 else self.engine
-        with engine.begin() as connection:
-            inserted = self._insert_rows(connection, [r.to_row() for r in records])
-            pending = [r for r in records if r.decision_id not in inserted]
-            if not pending:
-                return {}
-            return self._resolve_repeats(connection, pending, keep_conflicts)
+        with self.engine.connect() as connection:
+            if len(records) == 1:
+                # One statement is atomic on its own; a conflict means nothing was written.
+                return self._write_rows(connection, records, keep_conflicts)
+            # Several rows share one transaction, so a conflict on one of them (409)
+            # writes none of them.
+            connection.exec_driver_sql("BEGIN")
+            try:
+                repeats = self._write_rows(connection, records, keep_conflicts)
+            except BaseException:
+                connection.exec_driver_sql("ROLLBACK")
+                raise
+            connection.exec_driver_sql("COMMIT")
+            return repeats
+
+    def _write_rows(
+        self, connection: Connection, records: Sequence[AuditRecord], keep_conflicts: bool
+    ) -> dict[str, AuditRecord]:
+        inserted = self._insert_rows(connection, [r.to_row() for r in records])
+        pending = [r for r in records if r.decision_id not in inserted]
+        if not pending:
+            return {}
+        return self._resolve_repeats(connection, pending, keep_conflicts)
 
     def _insert_rows(self, connection: Connection, rows: list[dict[str, Any]]) -> set[str]:
-        # One multi-row VALUES statement, so a batch costs one round trip.
-        insert: Any = self._insert_function(audit_decisions)  # dialect-specific Insert
-        statement = (
-            insert.values(rows)
-            .on_conflict_do_nothing()
-            .returning(audit_decisions.c.decision_id)
-        )
-        return set(connection.execute(statement).scalars())
+        if len(rows) == 1:
+            # A prebuilt statement: compiled once, then served from SQLAlchemy's cache.
+            return set(connection.execute(self._single_insert, rows[0]).scalars())
+        inserted: set[str] = set()
+        # Multi-row VALUES statements of at most INSERT_CHUNK rows: few round trips, and
+        # under PostgreSQL's limit of 65,535 parameters per statement.
+        for start in range(0, len(rows), INSERT_CHUNK):
+            insert: Any = self._insert_function(audit_decisions)  # dialect-specific Insert
+            statement = (
+                insert.values(rows[start:start + INSERT_CHUNK])
+                .on_conflict_do_nothing()
+                .returning(audit_decisions.c.decision_id)
+            )
+            inserted.update(connection.execute(statement).scalars())
+        return inserted
 
     def _resolve_repeats(
         self, connection: Connection, pending: list[AuditRecord], keep_conflicts: bool

@@ -111,7 +111,9 @@ def create_audit_engine(settings: Settings, secrets_client: Any = None) -> Engin
     else:
         url = database_url(settings)
     # No pre-ping: AuditStore retries once on a connection the server had closed.
-    options: dict[str, Any] = {}
+    # Autocommit, set once per connection: AuditStore opens a transaction only for
+    # multi-row writes and always ends it, so a returned connection needs no reset.
+    options: dict[str, Any] = {"isolation_level": "AUTOCOMMIT", "pool_reset_on_return": None}
     connect_args: dict[str, Any] = {}
 
     if url.get_backend_name() == "postgresql":

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Callable
 from typing import Any, Literal
 
 from fastapi import APIRouter, FastAPI, Request
@@ -12,6 +11,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 
 from fraudscore.api.models import (
@@ -29,6 +30,7 @@ from fraudscore.exceptions import AuditError, FeatureValidationError, Idempotenc
 from fraudscore.observability import logger, metrics
 from fraudscore.runtime import Runtime, refresh_bundle
 from fraudscore.service import DecisionService, ScoredBatch, TransactionInput, decision_log_fields
+from fraudscore.settings import Stage2Mode
 
 # API Gateway request ids are base64-like and may end in "=".
 _REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:=+/\-]{1,128}$")
@@ -148,6 +150,20 @@ def _decide(runtime: Runtime, transactions: list[Transaction], request_id: str) 
     return batch
 
 
+async def _decide_async(
+    runtime: Runtime, transactions: list[Transaction], request_id: str
+) -> ScoredBatch:
+    """Score on the event loop, or in a worker thread when stage 2 is a network call.
+
+    In-process scoring and the audit insert take about a millisecond, less than handing
+    the work to a thread. A stage-2 Lambda invoke can wait up to its read timeout, so it
+    must not block the event loop of a uvicorn worker.
+    """
+    if runtime.settings.stage2_mode is Stage2Mode.LAMBDA:
+        return await run_in_threadpool(_decide, runtime, transactions, request_id)
+    return _decide(runtime, transactions, request_id)
+
+
 def _observe(batch: ScoredBatch) -> None:
     """Log one line per new decision and emit the request's metrics.
 
@@ -192,10 +208,10 @@ def _build_router(runtime: Runtime) -> APIRouter:
 
     @router.post("/predict", response_model=DecisionResponse, tags=["scoring"],
                  responses=ERROR_RESPONSES)
-    def predict(transaction: Transaction, request: Request) -> dict[str, Any]:
+    async def predict(transaction: Transaction, request: Request) -> dict[str, Any]:
         """Score one transaction."""
         try:
-            batch = _decide(runtime, [transaction], _request_id(request))
+            batch = await _decide_async(runtime, [transaction], _request_id(request))
         except FeatureValidationError as exc:
             raise FeatureValidationError(exc.field, exc.message) from None
         return batch.decisions[0].to_dict()
@@ -203,7 +219,7 @@ def _build_router(runtime: Runtime) -> APIRouter:
     @router.post("/predict/batch", response_model=BatchResponse, tags=["scoring"],
                  responses=ERROR_RESPONSES,
                  description=f"At most {runtime.settings.max_batch_size} transactions.")
-    def predict_batch(body: BatchRequest, request: Request) -> dict[str, Any]:
+    async def predict_batch(body: BatchRequest, request: Request) -> dict[str, Any]:
         """Score several transactions; one decision each, in request order."""
         limit = runtime.settings.max_batch_size
         if len(body.transactions) > limit:
@@ -212,7 +228,7 @@ def _build_router(runtime: Runtime) -> APIRouter:
                 "msg": f"at most {limit} transactions per batch, got {len(body.transactions)}",
                 "type": "too_long",
             }])
-        batch = _decide(runtime, body.transactions, _request_id(request))
+        batch = await _decide_async(runtime, body.transactions, _request_id(request))
         return {"request_id": batch.request_id, "decisions": [d.to_dict() for d in batch.decisions]}
 
     @router.api_route("/health", methods=["GET", "HEAD"], response_model=HealthResponse,
@@ -245,7 +261,7 @@ def _build_router(runtime: Runtime) -> APIRouter:
         return JSONResponse(body.model_dump(), status_code=code)
 
     @router.get("/metadata", response_model=MetadataResponse, tags=["operations"])
-    def metadata() -> dict[str, Any]:
+    async def metadata() -> dict[str, Any]:
         """The served bundle's version, feature schema, band, threshold and test metrics."""
         bundle = _service(runtime).bundle
         manifest = bundle.manifest
@@ -263,7 +279,7 @@ def _build_router(runtime: Runtime) -> APIRouter:
         }
 
     @router.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def page() -> HTMLResponse:
+    async def page() -> HTMLResponse:
         bundle = _service(runtime).bundle
         content = render_page(
             version=bundle.version, low=bundle.band.low, high=bundle.band.high,
@@ -313,10 +329,30 @@ def _shorten(part: Any) -> Any:
     return part
 
 
+class SecurityHeadersMiddleware:
+    """Pure ASGI middleware adding SECURITY_HEADERS to every HTTP response.
+
+    Starlette's BaseHTTPMiddleware would run each request in an extra task, which costs
+    more than the scoring itself.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in SECURITY_HEADERS.items():
+                    headers.setdefault(name, value)
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
 def _add_security_headers(app: FastAPI) -> None:
-    @app.middleware("http")
-    async def security_headers(request: Request, call_next: Callable[..., Any]) -> Any:
-        response = await call_next(request)
-        for name, value in SECURITY_HEADERS.items():
-            response.headers.setdefault(name, value)
-        return response
+    app.add_middleware(SecurityHeadersMiddleware)
