@@ -74,7 +74,7 @@ test-fast: install
 	$(BIN)/pytest -m "not slow"
 
 lint: install
-	$(BIN)/ruff check layers functions training tests
+	$(BIN)/ruff check layers functions training tests benchmarks
 	$(BIN)/mypy layers/shared/fraudscore training
 
 iac-lint: $(SAM_VENV)/.installed

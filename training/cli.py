@@ -51,7 +51,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _add_simulate(commands: argparse._SubParsersAction) -> None:
     command = commands.add_parser(
-        "simulate", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="write a deterministic simulated transaction history",
+        "simulate",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="write a deterministic simulated transaction history",
         description="Write simulated card transactions with the reference data set's columns "
         "(customers, terminals, several fraud patterns, about 1 % fraud).",
     )
@@ -84,7 +86,9 @@ def _run_simulate(args: argparse.Namespace) -> int:
 
 def _add_ingest(commands: argparse._SubParsersAction) -> None:
     command = commands.add_parser(
-        "ingest", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="load a Parquet or CSV file into a PostgreSQL table",
+        "ingest",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="load a Parquet or CSV file into a PostgreSQL table",
         description="Load transactions into PostgreSQL in chunks. Rows whose TRANSACTION_ID "
         "is already in the table are skipped, so a re-run inserts nothing twice.",
     )
@@ -111,7 +115,9 @@ def _run_ingest(args: argparse.Namespace) -> int:
 
 def _add_train(commands: argparse._SubParsersAction) -> None:
     command = commands.add_parser(
-        "train", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="train both stages and write a model bundle",
+        "train",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="train both stages and write a model bundle",
         description="Train stage 1 (logistic regression) and stage 2 (XGBoost), choose the "
         "uncertainty band on the validation period, evaluate on the test period and write a "
         "model bundle with a report.",
