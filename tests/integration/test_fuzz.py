@@ -62,6 +62,7 @@ class Spec:
     name: str
     minimum: float
     maximum: float
+    integer: bool = False
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,9 @@ def _valid_number(value: Any, spec: Spec) -> bool:
         number = float(value)
     except OverflowError:
         return False
-    return math.isfinite(number) and spec.minimum <= number <= spec.maximum
+    if not math.isfinite(number) or not spec.minimum <= number <= spec.maximum:
+        return False
+    return not spec.integer or number.is_integer()
 
 
 def _valid_features(features: Any, specs: Sequence[Spec]) -> bool:
@@ -144,7 +147,11 @@ transaction_ids = st.one_of(
 
 def _in_range(spec: Spec) -> st.SearchStrategy[Any]:
     integers = st.integers(math.ceil(spec.minimum), math.floor(spec.maximum))
-    return st.floats(spec.minimum, spec.maximum, allow_nan=False) | integers
+    floats = st.floats(spec.minimum, spec.maximum, allow_nan=False)
+    if spec.integer:
+        # Whole numbers, also written as floats (2.0), which JSON cannot tell apart.
+        return integers | integers.map(float)
+    return floats | integers
 
 
 def _out_of_range(spec: Spec) -> st.SearchStrategy[float]:
@@ -272,7 +279,8 @@ class Target:
     def __init__(self, client: TestClient) -> None:
         self.client = client
         metadata = client.get("/metadata").json()
-        self.specs = [Spec(f["name"], f["minimum"], f["maximum"]) for f in metadata["features"]]
+        self.specs = [Spec(f["name"], f["minimum"], f["maximum"], f.get("integer", False))
+                      for f in metadata["features"]]
         self.threshold: float = metadata["decision_threshold"]
         self.example: dict[str, float] = metadata["example_transaction"]
         assert isinstance(client.app, FastAPI)
