@@ -2,10 +2,11 @@
 
 uvicorn serves ``functions.stage1.app:app`` with one worker per core and the access log
 off. The reference app (``benchmarks.reference_app:app``) is served the same way and
-writes its own audit rows to the same database. An async load generator
-(``httpx.AsyncClient``) in this process sends N requests per concurrency level to
-127.0.0.1 and counts every non-200 answer or transport error. The load generator
-shares the machine's cores with the server, which lowers both figures alike.
+writes its own audit rows to the same database. The load generator is wrk (one thread,
+one connection per concurrent client, for a fixed time per concurrency level) when it is
+on PATH, and otherwise an async ``httpx.AsyncClient`` in this process, which sends a fixed
+number of requests. Both count every non-200 response and every socket error. The load
+generator shares the machine's cores with the server, which lowers both figures alike.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import itertools
 import json
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -37,15 +39,63 @@ TARGET_CONCURRENCY = 16
 MIN_SPEEDUP = 5.0
 STARTUP_TIMEOUT_SECONDS = 120
 WARMUP_REQUESTS = 200
+# Each uvicorn worker scores on its event loop, so it uses one connection at a time.
+SERVICE_POOL_SIZE = 2
+
+# wrk sends POST /predict with the bodies of the file named after "--", one per line, in
+# turn. Each thread counts its non-200 responses; done() adds them up and prints one JSON
+# line. wrk's own times are in microseconds.
+WRK_SCRIPT = r"""
+threads = {}
+failures = 0
+local bodies = {}
+local index = 0
+
+function setup(thread)
+  table.insert(threads, thread)
+end
+
+function init(args)
+  for line in io.lines(args[1]) do
+    bodies[#bodies + 1] = line
+  end
+end
+
+function request()
+  index = index % #bodies + 1
+  return wrk.format("POST", "/predict", {["Content-Type"] = "application/json"}, bodies[index])
+end
+
+function response(status, headers, body)
+  if status ~= 200 then
+    failures = failures + 1
+  end
+end
+
+function done(summary, latency, requests)
+  local non_200 = 0
+  for _, thread in ipairs(threads) do
+    non_200 = non_200 + thread:get("failures")
+  end
+  local errors = summary.errors
+  io.write(string.format(
+    '{"requests": %d, "duration_us": %d, "non_200": %d, "socket_errors": %d, ' ..
+    '"p50_us": %d, "p99_us": %d}\n',
+    summary.requests, summary.duration, non_200,
+    errors.connect + errors.read + errors.write + errors.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
 
 
 @dataclass
 class LoadResult:
-    """Outcome of one load level: rate, latencies in ms, and failed requests."""
+    """Outcome of one load level: completed requests, time, latency in ms, failed requests."""
 
     requests: int
     seconds: float
-    latencies_ms: list[float]
+    latency_median_ms: float
+    latency_p99_ms: float
     errors: int
 
     @property
@@ -64,11 +114,17 @@ def run(workspace: Workspace) -> list[Figure]:
     # so the warm-up sends uncertain transactions on several connections first.
     uncertain = workspace.examples.get("uncertain") or workspace.sample[0]
     warmup = [json.dumps({"features": uncertain}).encode()]
-    total = workspace.mode.server_requests
+    wrk = shutil.which("wrk")
+    bodies_file = workspace.work / "server-bodies.jsonl"
+    bodies_file.write_bytes(b"\n".join(bodies) + b"\n")
+    script = workspace.work / "server-post.lua"
+    script.write_text(WRK_SCRIPT)
+    generator = "wrk" if wrk else "httpx"
 
     service_env = {
         "MODEL_URI": str(workspace.bundle_dir),
         "DATABASE_URL": workspace.database_url,
+        "DATABASE_POOL_SIZE": str(SERVICE_POOL_SIZE),
         "AUDIT_ENABLED": "true",
         "AUDIT_SPOOL_PATH": str(workspace.work / "server-spool.jsonl"),
         "STAGE2_MODE": "inprocess",
@@ -86,28 +142,34 @@ def run(workspace: Workspace) -> list[Figure]:
             asyncio.run(_drive(url, warmup, concurrency=4 * workers, total=WARMUP_REQUESTS))
             asyncio.run(_drive(url, bodies, concurrency=4 * workers, total=WARMUP_REQUESTS))
             for concurrency in CONCURRENCY:
-                results[(name, concurrency)] = asyncio.run(
-                    _drive(url, bodies, concurrency=concurrency, total=total))
-                logger.info("%s at concurrency %d: %.0f req/s, %d errors", name, concurrency,
-                            results[(name, concurrency)].per_second,
-                            results[(name, concurrency)].errors)
+                if wrk:
+                    result = _drive_wrk(wrk, url, script, bodies_file, concurrency=concurrency,
+                                        seconds=workspace.mode.server_seconds)
+                else:
+                    result = asyncio.run(_drive(url, bodies, concurrency=concurrency,
+                                                total=workspace.mode.server_requests))
+                results[(name, concurrency)] = result
+                logger.info("%s at concurrency %d (%s): %.0f req/s, %d errors", name,
+                            concurrency, generator, result.per_second, result.errors)
 
     figures = []
     for concurrency in CONCURRENCY:
         ours, theirs = results[("service", concurrency)], results[("reference", concurrency)]
-        latency = summarize(ours.latencies_ms)
-        reference_latency = summarize(theirs.latencies_ms)
         figure = Figure(
             GROUP, f"POST /predict, concurrency {concurrency}, {workers} workers", "req/s",
             ours.per_second, runs=ours.requests, reference=theirs.per_second,
             higher_is_better=True,
-            note=f"latency median {latency.median:.1f} ms, p99 {latency.p99:.1f} ms; "
-                 f"errors {ours.errors} (reference {theirs.errors}); reference latency "
-                 f"median {reference_latency.median:.1f} ms",
-            extra={"latency_median_ms": latency.median, "latency_p99_ms": latency.p99,
+            note=f"{generator}; latency median {ours.latency_median_ms:.1f} ms, p99 "
+                 f"{ours.latency_p99_ms:.1f} ms; errors {ours.errors} (reference "
+                 f"{theirs.errors}); reference latency median "
+                 f"{theirs.latency_median_ms:.1f} ms",
+            extra={"load_generator": generator,
+                   "latency_median_ms": ours.latency_median_ms,
+                   "latency_p99_ms": ours.latency_p99_ms,
                    "errors": ours.errors, "reference_errors": theirs.errors,
-                   "reference_latency_median_ms": reference_latency.median,
-                   "reference_latency_p99_ms": reference_latency.p99},
+                   "reference_requests": theirs.requests,
+                   "reference_latency_median_ms": theirs.latency_median_ms,
+                   "reference_latency_p99_ms": theirs.latency_p99_ms},
         )
         if concurrency == TARGET_CONCURRENCY:
             figure.target = f">= {MIN_SPEEDUP:.0f}x reference, zero errors"
@@ -189,4 +251,30 @@ async def _drive(url: str, bodies: list[bytes], *, concurrency: int, total: int)
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         seconds = time.perf_counter() - started
-    return LoadResult(total, seconds, latencies, errors)
+    latency = summarize(latencies)
+    return LoadResult(total, seconds, latency.median, latency.p99, errors)
+
+
+def _drive_wrk(wrk: str, url: str, script: Path, bodies_file: Path, *, concurrency: int,
+               seconds: float) -> LoadResult:
+    """Run wrk with ``concurrency`` connections for ``seconds`` and read its JSON summary."""
+    command = [wrk, "--threads", "1", "--connections", str(concurrency),
+               "--duration", f"{seconds:g}s", "--timeout", "30s", "--script", str(script),
+               f"{url}/predict", "--", str(bodies_file)]
+    completed = subprocess.run(  # noqa: S603 - fixed program and arguments
+        command, capture_output=True, text=True, timeout=seconds + 60, check=False,
+    )
+    summary_line = completed.stdout.strip().splitlines()[-1:] or [""]
+    if completed.returncode != 0 or not summary_line[0].startswith("{"):
+        raise RuntimeError(f"wrk failed ({completed.returncode}):\n"
+                           f"{completed.stdout[-2000:]}\n{completed.stderr[-2000:]}")
+    summary = json.loads(summary_line[0])
+    if summary["requests"] == 0:
+        raise RuntimeError(f"wrk got no response from {url} in {seconds:g} s")
+    return LoadResult(
+        requests=summary["requests"],
+        seconds=summary["duration_us"] / 1e6,
+        latency_median_ms=summary["p50_us"] / 1e3,
+        latency_p99_ms=summary["p99_us"] / 1e3,
+        errors=summary["non_200"] + summary["socket_errors"],
+    )

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
+import threading
 import warnings
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +20,7 @@ from benchmarks.reference import (
     save_reference,
 )
 from benchmarks.report import format_number, render_markdown, render_table
+from benchmarks.throughput import WRK_SCRIPT, _drive_wrk
 from benchmarks.workspace import DATETIME, _period
 from fraudscore.bundle import load_bundle
 from fraudscore.storage import open_store
@@ -127,3 +131,41 @@ def test_reference_app_checks_feature_names(reference_setup) -> None:  # type: i
     features.pop(bundle.schema.names[0])
     rejected = client.post("/predict", json={"features": features})
     assert rejected.status_code == 422
+
+
+class _HalfFailingHandler(BaseHTTPRequestHandler):
+    """Respond 200 to bodies containing "ok" and 500 to the others, with keep-alive."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(200 if b"ok" in body else 500)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
+def test_wrk_counts_non_200_responses(tmp_path: Path) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _HalfFailingHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    script = tmp_path / "post.lua"
+    script.write_text(WRK_SCRIPT)
+    bodies = tmp_path / "bodies.jsonl"
+    bodies.write_text('{"status": "ok"}\n{"status": "bad"}\n')
+    try:
+        result = _drive_wrk(shutil.which("wrk") or "wrk", f"http://127.0.0.1:{server.server_port}",
+                            script, bodies, concurrency=1, seconds=1)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    # One connection sends the two bodies in turn, so half the responses are 500.
+    assert result.requests > 10
+    assert abs(result.errors - result.requests / 2) <= 1
+    assert 0 < result.latency_median_ms <= result.latency_p99_ms
+    assert result.seconds > 0.5

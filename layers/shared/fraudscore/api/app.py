@@ -151,15 +151,17 @@ def _decide(runtime: Runtime, transactions: list[Transaction], request_id: str) 
 
 
 async def _decide_async(
-    runtime: Runtime, transactions: list[Transaction], request_id: str
+    runtime: Runtime, transactions: list[Transaction], request: Request
 ) -> ScoredBatch:
     """Score on the event loop, or in a worker thread when stage 2 is a network call.
 
     In-process scoring and the audit insert take about a millisecond, less than handing
-    the work to a thread. A stage-2 Lambda invoke can wait up to its read timeout, so it
-    must not block the event loop of a uvicorn worker.
+    the work to a thread. A stage-2 Lambda invoke can wait up to its read timeout, so
+    under uvicorn it must not block the event loop. Under Mangum (``aws.event`` in the
+    scope) a container serves one request at a time, so there is nothing to unblock.
     """
-    if runtime.settings.stage2_mode is Stage2Mode.LAMBDA:
+    request_id = _request_id(request)
+    if runtime.settings.stage2_mode is Stage2Mode.LAMBDA and "aws.event" not in request.scope:
         return await run_in_threadpool(_decide, runtime, transactions, request_id)
     return _decide(runtime, transactions, request_id)
 
@@ -211,7 +213,7 @@ def _build_router(runtime: Runtime) -> APIRouter:
     async def predict(transaction: Transaction, request: Request) -> dict[str, Any]:
         """Score one transaction."""
         try:
-            batch = await _decide_async(runtime, [transaction], _request_id(request))
+            batch = await _decide_async(runtime, [transaction], request)
         except FeatureValidationError as exc:
             raise FeatureValidationError(exc.field, exc.message) from None
         return batch.decisions[0].to_dict()
@@ -228,7 +230,7 @@ def _build_router(runtime: Runtime) -> APIRouter:
                 "msg": f"at most {limit} transactions per batch, got {len(body.transactions)}",
                 "type": "too_long",
             }])
-        batch = await _decide_async(runtime, body.transactions, _request_id(request))
+        batch = await _decide_async(runtime, body.transactions, request)
         return {"request_id": batch.request_id, "decisions": [d.to_dict() for d in batch.decisions]}
 
     @router.api_route("/health", methods=["GET", "HEAD"], response_model=HealthResponse,
