@@ -415,7 +415,9 @@ def test_fuzz_batch(target: Target) -> None:
          lambda request: target.send("batch", "/predict/batch", request))
 
     assert SENT["batch"] >= QUOTAS["batch"]
-    assert SCORED["batch"] >= QUOTAS["batch"] // 10, "too few generated batches were valid"
+    # A batch is valid only when every row is, so valid batches are rarer than valid rows.
+    assert SCORED["batch"] >= QUOTAS["batch"] // 20, (
+        f"too few generated batches were valid: {SCORED['batch']} of {SENT['batch']}")
 
 
 def test_fuzz_raw_bytes(target: Target) -> None:
