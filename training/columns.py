@@ -30,5 +30,5 @@ DEFAULT_FEATURES: tuple[str, ...] = (
     "TERMINAL_ID_RISK_30DAY_WINDOW",
 )
 
-# Columns that are derived from the label. Using one as a feature leaks the answer.
+# Columns that are derived from the label. Using one as a feature leaks the label.
 LABEL_DERIVED: frozenset[str] = frozenset({"TX_FRAUD", "TX_FRAUD_SCENARIO"})

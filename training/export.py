@@ -20,7 +20,7 @@ METRICS_FILE = "metrics.json"
 def write_bundle(out_dir: Path, manifest: dict[str, Any], booster: xgboost.Booster) -> Path:
     """Write the bundle files and a manifest listing their SHA-256; return the manifest path.
 
-    ``manifest`` holds everything but ``format_version``, ``files`` and the digests,
+    ``manifest`` contains everything but ``format_version``, ``files`` and the digests,
     which are filled in here. The stage-2 model is XGBoost's own UBJSON format.
     """
     out_dir.mkdir(parents=True, exist_ok=True)

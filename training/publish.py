@@ -28,7 +28,7 @@ def publish_bundle(
     """Upload ``bundle_dir`` to ``destination`` (``s3://bucket/prefix``); return its S3 URI.
 
     The local bundle is verified first. Files go to ``prefix/versions/<version>/`` with the
-    manifest uploaded last; the uploaded copy is then loaded and verified from S3, and only
+    manifest uploaded last. The uploaded copy is then loaded and verified from S3, and only
     after that is ``prefix/ACTIVE.json`` rewritten. A failure at any step leaves the
     previously active version in place.
 

@@ -1,8 +1,8 @@
 """Time-ordered splits: train, a delay gap, validation, a delay gap, test.
 
 Fraud labels arrive late (a card holder reports a fraud days afterwards), so the days
-right before a period are left out of the data that precedes it: a model trained up to
-day t is never evaluated on day t + 1 with labels it could not have had.
+right before a period are left out of the data that precedes it. A model trained up to
+day t is therefore never evaluated on day t + 1 with labels it could not have had.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Stage-2 Lambda function: XGBoost probabilities for rows that stage 1 escalated.
 
-Event and answer are documented in ``fraudscore.stage2_client``. The bundle is loaded
+Event and response are documented in ``fraudscore.stage2_client``. The bundle is loaded
 and verified once per container, at import.
 """
 

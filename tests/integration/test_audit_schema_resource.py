@@ -1,4 +1,4 @@
-"""The CloudFormation custom resource that creates the audit table answers CloudFormation."""
+"""The CloudFormation custom resource that creates the audit table responds to CloudFormation."""
 
 from __future__ import annotations
 

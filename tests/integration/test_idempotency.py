@@ -88,7 +88,8 @@ def test_batch_repeat_is_idempotent(make_client, database_url, examples) -> None
     first = client.post("/predict/batch", json=batch)
     second = client.post("/predict/batch", json=batch)
 
-    assert first.status_code == 200 and second.status_code == 200
+    assert first.status_code == 200
+    assert second.status_code == 200
     assert second.json()["decisions"] == first.json()["decisions"]
     assert [_rows(database_url, f"b-{i}") for i in range(3)] == [1, 1, 1]
 

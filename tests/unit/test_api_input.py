@@ -172,7 +172,7 @@ PREDICT_CASES = {
     ),
     "feature name of 10k characters": BadRequest(
         lambda meta: _body(meta, features={**_features(meta), LONG_NAME: 1.0}), 422,
-        # The 422 answer echoes at most 128 characters of any key.
+        # The 422 response echoes at most 128 characters of any key.
         "at most 128 characters", ("body", "features", LONG_NAME[:128] + "..."),
     ),
     "SQL in feature name": BadRequest(

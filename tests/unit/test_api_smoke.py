@@ -38,9 +38,11 @@ def test_health_metadata_page_docs(make_client) -> None:  # type: ignore[no-unty
     page = client.get("/")
     docs = client.get("/docs")
 
-    assert health.status_code == 200 and health.json()["status"] == "ok"
+    assert health.status_code == 200
+    assert health.json()["status"] == "ok"
     assert metadata.status_code == 200
     assert len(metadata.json()["features"]) == 15
-    assert page.status_code == 200 and "Content-Security-Policy" in page.headers
+    assert page.status_code == 200
+    assert "Content-Security-Policy" in page.headers
     assert "<textarea" in page.text
     assert docs.status_code == 200

@@ -39,7 +39,7 @@ def test_bundle_has_no_pickle(bundle_dir: Path) -> None:
     for file in bundle_dir.rglob("*"):
         if file.is_file():
             head = file.read_bytes()[:2]
-            assert head != b"\x80\x04" and head != b"\x80\x05", f"{file} looks like a pickle"
+            assert head not in {b"\x80\x04", b"\x80\x05"}, f"{file} looks like a pickle"
             assert file.suffix not in {".pkl", ".pickle", ".joblib"}
 
 

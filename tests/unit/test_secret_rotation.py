@@ -46,7 +46,8 @@ def test_rejected_password_rereads_secret() -> None:
     first = connect(dialect, None, (), {})
     second = connect(dialect, None, (), {})
 
-    assert first == "connection" and second == "connection"
+    assert first == "connection"
+    assert second == "connection"
     assert dialect.attempts == ["old-password", "new-password", "new-password"]
     assert client.calls == 2
 

@@ -1,4 +1,4 @@
-"""Security headers, closed CORS, and no secrets in answers."""
+"""Security headers, closed CORS, and no secrets in responses."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def test_cors_allows_configured_origin(make_client) -> None:  # type: ignore[no-
 
 
 def test_no_secret_in_metadata_health_or_errors(make_client, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    # A PostgreSQL URL with a password that cannot connect: the answers must not echo it.
+    # A PostgreSQL URL with a password that cannot connect: the responses must not echo it.
     url = f"postgresql+pg8000://app:{SECRET}@127.0.0.1:1/fraud"
     from fraudscore.runtime import Runtime
     from fraudscore.settings import Settings

@@ -44,7 +44,7 @@ def manifest_digest(manifest: Mapping[str, Any]) -> str:
 class Bundle:
     """A verified model bundle, ready to serve.
 
-    ``stage2_model`` holds the raw bytes of the XGBoost model; the stage-2 function
+    ``stage2_model`` contains the raw bytes of the XGBoost model; the stage-2 function
     turns them into a booster with :meth:`fraudscore.stage2.BoosterScorer.from_bytes`,
     so stage 1 never imports xgboost.
     """

@@ -26,7 +26,7 @@ class PlattCalibration:
     """Calibrated probability ``sigmoid(slope * logit(p) + intercept)``.
 
     The map is strictly increasing for a positive slope, so it never changes a model's
-    ranking (AUC ROC and average precision stay the same); it only moves both stages
+    ranking (AUC ROC and average precision stay the same). It only moves both stages
     onto one scale so that their probabilities can be compared and thresholded together.
     """
 

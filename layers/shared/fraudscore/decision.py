@@ -8,7 +8,7 @@ from typing import Any
 
 
 class Stage(StrEnum):
-    """Which stage produced the final probability."""
+    """Stage that produced the final probability."""
 
     STAGE1 = "stage1"
     STAGE2 = "stage2"
@@ -19,7 +19,7 @@ class Decision:
     """One fraud decision, as returned to the caller and written to the audit trail.
 
     ``fraud_probability`` is the final probability: stage 2's when the transaction was
-    escalated and stage 2 answered, stage 1's otherwise.
+    escalated and stage 2 returned a probability, stage 1's otherwise.
     """
 
     transaction_id: str

@@ -1,6 +1,6 @@
 """A local Lambda Invoke API endpoint on 127.0.0.1, for machines without Docker.
 
-``POST /2015-03-31/functions/{name}/invocations`` runs a Python handler and answers as
+``POST /2015-03-31/functions/{name}/invocations`` runs a Python handler and responds as
 the Lambda service does to synchronous (``RequestResponse``) invocations. The handler's
 return value is the JSON body of a status 200 response. A handler exception is also
 status 200, with the ``X-Amz-Function-Error: Unhandled`` header that botocore reports as
@@ -93,7 +93,7 @@ class LambdaInvokeServer(ThreadingHTTPServer):
     memory_limit_in_mb : int
         Reported by the context object only; memory is not limited.
     reserved_concurrency : int or None
-        Invocations allowed at once; more answer 429 ``TooManyRequestsException``.
+        Invocations allowed at once; more get 429 ``TooManyRequestsException``.
         0 throttles every request, as reserved concurrency 0 does in AWS.
     delay_seconds : float
         Sleep before each handler call, counted in the function's duration.

@@ -59,18 +59,16 @@ class ScoredBatch:
 @dataclass(frozen=True, slots=True)
 class _Stage2Outcome:
     probability: np.ndarray
-    answered: bool
+    responded: bool
     error: str | None
     latency_ms: float | None
 
 
-def features_digest(vector: np.ndarray) -> str:
-    """SHA-256 of the validated feature vector, to compare repeated transactions."""
-    return hashlib.sha256(np.ascontiguousarray(vector, dtype=np.float64).tobytes()).hexdigest()
-
-
 def row_digests(matrix: np.ndarray) -> list[str]:
-    """``features_digest`` of each row of a 2-D ``matrix``, read from one buffer."""
+    """Return the SHA-256 of each row's float64 bytes, to compare repeated transactions.
+
+    All rows are read from one buffer of the 2-D ``matrix``.
+    """
     raw = np.ascontiguousarray(matrix, dtype=np.float64).tobytes()
     step = matrix.shape[1] * 8
     return [hashlib.sha256(raw[start:start + step]).hexdigest()
@@ -154,8 +152,8 @@ class DecisionService:
         stage1_probability = self.bundle.stage1.probability(matrix)
         escalated = self.bundle.band.contains(stage1_probability)
         outcome = self._score_stage2(matrix, escalated, request_id)
-        answered = escalated & outcome.answered
-        final = combine(stage1_probability, outcome.probability, answered)
+        scored_by_stage2 = escalated & outcome.responded
+        final = combine(stage1_probability, outcome.probability, scored_by_stage2)
 
         latency_ms = (time.perf_counter() - started) * 1000.0
         decisions, records = self._build(
@@ -247,8 +245,8 @@ class DecisionService:
         generated_ids = iter(new_ids(sum(1 for t in transactions if not t.transaction_id)))
 
         for i, transaction in enumerate(transactions):
-            used_stage2 = escalated_flags[i] and stage2.answered
-            degraded = escalated_flags[i] and not stage2.answered
+            used_stage2 = escalated_flags[i] and stage2.responded
+            degraded = escalated_flags[i] and not stage2.responded
             stage = Stage.STAGE2 if used_stage2 else Stage.STAGE1
             decision = Decision(
                 transaction_id=transaction.transaction_id or next(generated_ids),

@@ -169,7 +169,7 @@ async def _decide_async(
 def _observe(batch: ScoredBatch) -> None:
     """Log one line per new decision and emit the request's metrics.
 
-    A repeated transaction id returns the stored decision; it is logged as a repeat and
+    A repeated transaction id returns the stored decision. It is logged as a repeat and
     left out of the decision metrics, so client retries do not inflate them.
     """
     repeated = batch.repeated or (False,) * len(batch.decisions)
