@@ -30,6 +30,7 @@ from benchmarks.reference import (
 from benchmarks.workspace import Workspace
 from fraudscore.api.app import create_app
 from fraudscore.audit import AuditStore, create_schema
+from fraudscore.database import open_database_url
 from fraudscore.runtime import Runtime, make_stage2_client
 from fraudscore.service import DecisionService, TransactionInput
 from fraudscore.settings import Settings
@@ -56,8 +57,8 @@ def run(workspace: Workspace) -> list[Figure]:
     figures = []
     for audit_name, url in audits:
         if url and url.startswith("sqlite"):
+            create_schema(url)
             engine = create_engine(url)
-            create_schema(engine)
             create_reference_schema(engine)
             engine.dispose()
         for size in workspace.mode.batch_sizes:
@@ -101,7 +102,7 @@ def _rate(call: Callable[[], Any], size: int, repeats: int) -> tuple[float, list
 
 def _in_process(workspace: Workspace, audit_name: str, url: str | None, size: int) -> Figure:
     bundle = workspace.bundle
-    audit = AuditStore(create_engine(url)) if url else None
+    audit = AuditStore(open_database_url(url)) if url else None
     service = DecisionService(bundle, make_stage2_client(Settings(), bundle), audit)
     rows = _rows(workspace, size)
     transactions = [TransactionInput(None, row) for row in rows]
@@ -117,9 +118,10 @@ def _in_process(workspace: Workspace, audit_name: str, url: str | None, size: in
     repeats = workspace.mode.batch_repeats
     ours, ours_all = _rate(lambda: service.decide(transactions), size, repeats)
     theirs, _ = _rate(reference_decide, size, repeats)
-    for used in (audit.engine if audit else None, engine):
-        if used is not None:
-            used.dispose()
+    if audit is not None:
+        audit.close()
+    if engine is not None:
+        engine.dispose()
 
     figure = Figure(
         GROUP, f"DecisionService.decide, {size:,} rows, {audit_name}", "decisions/s", ours,
@@ -170,7 +172,7 @@ def _through_api(workspace: Workspace, audit_name: str, url: str | None) -> Figu
         ours, ours_all = _rate(lambda: _post(client, body), API_BATCH, repeats)
         theirs, _ = _rate(lambda: _post(reference_client, body), API_BATCH, repeats)
     if runtime.audit is not None:
-        runtime.audit.engine.dispose()
+        runtime.audit.close()
     return Figure(
         GROUP, f"/predict/batch of {API_BATCH:,} (TestClient), {audit_name}", "decisions/s",
         ours, runs=repeats, reference=theirs, higher_is_better=True, extra={"rates": ours_all},

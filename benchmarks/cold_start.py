@@ -7,6 +7,10 @@ output. The child checks this and reports any module loaded from elsewhere. It t
 import of the handler module (which loads the bundle or the joblib file) and the first
 call of the handler. The standard library keeps its .pyc, as in the Lambda runtime.
 Without .pyc in the deployment, Python compiles every module it imports from there.
+
+Stage 1 and the reference run as deployed, with audit rows written to PostgreSQL, so the
+first answer includes connecting to the database and one INSERT. Without a reachable
+server both run with audit off, and the figures say so.
 """
 
 from __future__ import annotations
@@ -89,6 +93,7 @@ def run(workspace: Workspace) -> list[Figure]:
     events = _write_events(workspace)
     runs = workspace.mode.cold_runs
 
+    audit = "PostgreSQL audit" if workspace.database_url else "audit off"
     measured: dict[tuple[str, bool], dict[str, Any]] = {}
     for name, deployment in prepared.functions.items():
         for compiled in (False, True):
@@ -109,19 +114,21 @@ def run(workspace: Workspace) -> list[Figure]:
                                       [*deployment.compiled_dirs, prepared.runtime_dir],
                                       _environment(workspace, name))
                 for name, deployment in prepared.functions.items()}
-    return _figures(measured, profiles, runs)
+    return _figures(measured, profiles, runs, audit)
 
 
 def _figures(measured: dict[tuple[str, bool], dict[str, Any]],
-             profiles: dict[str, list[tuple[str, float]]], runs: int) -> list[Figure]:
+             profiles: dict[str, list[tuple[str, float]]], runs: int,
+             audit: str) -> list[Figure]:
     figures = []
     for name in ("stage 1", "stage 2"):
         for compiled in (False, True):
             ours = measured[(name, compiled)]
             reference = measured[("reference", compiled)]
             label = ".pyc shipped" if compiled else "no .pyc (python -B)"
+            with_audit = f", {audit}" if name == "stage 1" else ""
             figure = Figure(
-                GROUP, f"{name}, {label}", "ms", ours["total"].median, runs=runs,
+                GROUP, f"{name}, {label}{with_audit}", "ms", ours["total"].median, runs=runs,
                 reference=reference["total"].median,
                 note=f"import {ours['import'].median:.0f} ms + first answer "
                      f"{ours['first'].median:.0f} ms; {ours['modules']} modules",
@@ -137,7 +144,7 @@ def _figures(measured: dict[tuple[str, bool], dict[str, Any]],
         reference = measured[("reference", compiled)]
         label = ".pyc shipped" if compiled else "no .pyc (python -B)"
         figures.append(Figure(
-            GROUP, f"reference (one function), {label}", "ms",
+            GROUP, f"reference (one function), {label}, {audit}", "ms",
             reference["total"].median, runs=runs,
             note=f"import {reference['import'].median:.0f} ms + first answer "
                  f"{reference['first'].median:.0f} ms; {reference['modules']} modules",
@@ -160,13 +167,21 @@ def _environment(workspace: Workspace, name: str) -> dict[str, str]:
     }
     if name == "reference":
         environment["REFERENCE_MODEL_PATH"] = str(workspace.reference_path)
+        if workspace.database_url:
+            environment["REFERENCE_DATABASE_URL"] = workspace.database_url
         return environment
     environment["MODEL_URI"] = str(workspace.bundle_dir)
     environment["AUDIT_ENABLED"] = "false"
     if name == "stage 1":
-        # As deployed: stage 2 is another function, so stage 1 creates a Lambda client.
+        # As deployed: stage 2 is another function, so stage 1 creates a Lambda client,
+        # and every decision is audited.
         environment["STAGE2_MODE"] = "lambda"
         environment["STAGE2_FUNCTION_NAME"] = "fraud-stage2"
+        if workspace.database_url:
+            environment["AUDIT_ENABLED"] = "true"
+            environment["DATABASE_URL"] = workspace.database_url
+            environment["DATABASE_POOL_SIZE"] = "1"
+            environment["DATABASE_MAX_OVERFLOW"] = "0"
     return environment
 
 

@@ -54,8 +54,8 @@ def run(workspace: Workspace) -> list[Figure]:
     figures = []
     for audit_name, url in audits:
         if url and url.startswith("sqlite"):
+            create_schema(url)
             engine = create_engine(url)
-            create_schema(engine)
             create_reference_schema(engine)
             engine.dispose()
         ours = _service_handler(workspace, url)

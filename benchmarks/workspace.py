@@ -186,8 +186,8 @@ def _open_database(url: str, stack: ExitStack, notes: list[str]) -> tuple[str | 
         notes.append("PostgreSQL not reachable: PostgreSQL figures skipped")
         return None, None
     database = stack.enter_context(temporary_database(url))
+    create_schema(database)
     engine = create_engine(database)
-    create_schema(engine)
     create_reference_schema(engine)
     engine.dispose()
     return database, version

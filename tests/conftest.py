@@ -89,6 +89,20 @@ def postgres_database_url(postgres_url: str) -> Iterator[str]:
     admin.dispose()
 
 
+@pytest.fixture(autouse=True)
+def fresh_botocore_session() -> Iterator[None]:
+    """Give each test its own botocore session.
+
+    The service keeps one session per process, which caches credentials; a session made
+    under one test's environment (or before moto was imported) must not serve the next.
+    """
+    from fraudscore import aws_clients
+
+    aws_clients._session = None
+    yield
+    aws_clients._session = None
+
+
 @pytest.fixture
 def aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     """Dummy AWS credentials and region, so boto3 clients under moto never find real ones."""
@@ -149,7 +163,7 @@ def make_client(settings_factory):  # type: ignore[no-untyped-def]
         if runtime is None:
             runtime = Runtime.start(settings_factory(**overrides))
         if runtime.audit is not None:
-            create_schema(runtime.audit.engine)
+            create_schema(runtime.audit.database)
         client = TestClient(create_app(runtime), raise_server_exceptions=False)
         clients.append((client, runtime))
         return client
@@ -158,4 +172,4 @@ def make_client(settings_factory):  # type: ignore[no-untyped-def]
     for client, runtime in clients:
         client.close()
         if runtime.audit is not None:
-            runtime.audit.engine.dispose()
+            runtime.audit.close()

@@ -20,7 +20,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from fraudscore.audit import AuditRecord, AuditStore
-from fraudscore.database import create_audit_engine
+from fraudscore.database import open_audit_database
 from fraudscore.observability import logger, metrics
 from fraudscore.settings import Settings
 
@@ -32,7 +32,7 @@ def _audit_store() -> AuditStore:
     # Created on first use and reused by the container's later invocations.
     global _store
     if _store is None:
-        _store = AuditStore(create_audit_engine(Settings.from_env()))
+        _store = AuditStore(open_audit_database(Settings.from_env()))
     return _store
 
 

@@ -13,10 +13,10 @@ import urllib.request
 from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from sqlalchemy.exc import SQLAlchemyError
 
 from fraudscore.audit import create_schema
-from fraudscore.database import create_audit_engine
+from fraudscore.database import open_audit_database
+from fraudscore.exceptions import DatabaseError
 from fraudscore.observability import logger
 from fraudscore.settings import Settings
 
@@ -30,18 +30,18 @@ def create_schema_with_retry(settings: Settings, deadline: float) -> None:
     attempt = 0
     while True:
         attempt += 1
-        engine = create_audit_engine(settings)
+        database = open_audit_database(settings)
         try:
-            create_schema(engine)
+            create_schema(database)
             return
-        except SQLAlchemyError as exc:
+        except DatabaseError as exc:
             if time.monotonic() + RETRY_PAUSE_SECONDS > deadline:
                 raise
             logger.warning("audit schema attempt failed, retrying",
-                           extra={"attempt": attempt, "error": type(exc).__name__})
+                           extra={"attempt": attempt, "error": str(exc)})
             time.sleep(RETRY_PAUSE_SECONDS)
         finally:
-            engine.dispose()
+            database.close()
 
 
 def send_response(event: dict[str, Any], status: str, reason: str) -> None:

@@ -31,7 +31,7 @@ def test_outage_loses_and_duplicates_nothing(  # type: ignore[no-untyped-def]
 ) -> None:
     database_url, proxy = proxied_database
     direct = create_engine(postgres_database_url)
-    create_schema(direct)
+    create_schema(postgres_database_url)
     spool = tmp_path / "spool.jsonl"
     client = make_client(database_url=database_url, audit_spool_path=str(spool),
                          database_connect_timeout_seconds=1.0,
@@ -79,7 +79,7 @@ def test_replaying_twice_adds_nothing(  # type: ignore[no-untyped-def]
     make_client, postgres_database_url: str, bundle_dir: Path, tmp_path: Path
 ) -> None:
     direct = create_engine(postgres_database_url)
-    create_schema(direct)
+    create_schema(postgres_database_url)
     spool = tmp_path / "spool.jsonl"
     client = make_client(database_url=postgres_database_url, audit_spool_path=str(spool))
     examples = json.loads((bundle_dir / "manifest.json").read_text())["example_transactions"]

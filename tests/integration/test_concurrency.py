@@ -50,7 +50,7 @@ async def _load(url: str, bodies: list[dict]) -> list[int]:
 def test_server_under_load_audits_every_request(
     bundle_dir: Path, postgres_database_url: str, tmp_path: Path
 ) -> None:
-    create_schema(create_engine(postgres_database_url))
+    create_schema(postgres_database_url)
     port = _free_port()
     log = tmp_path / "server.log"
     env = {**os.environ, "MODEL_URI": str(bundle_dir), "DATABASE_URL": postgres_database_url,

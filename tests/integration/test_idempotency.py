@@ -17,7 +17,7 @@ def database_url(request, sqlite_url: str) -> str:  # type: ignore[no-untyped-de
     if request.param == "sqlite":
         return sqlite_url
     url = request.getfixturevalue("postgres_database_url")
-    create_schema(create_engine(url))
+    create_schema(url)
     return url
 
 

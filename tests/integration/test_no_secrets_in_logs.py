@@ -12,7 +12,7 @@ def test_password_absent_from_captured_logs() -> None:
     text = "\n".join(CAPTURED_OUTPUT)
 
     assert len(text) > 10_000, "too little output was captured for the check to mean anything"
-    assert "postgresql+pg8000://" in text or "audit engine created" in text
+    assert "audit database configured: postgresql://postgres:***@" in text
     assert DATABASE_PASSWORD not in text
 
 

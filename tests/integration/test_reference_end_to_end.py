@@ -36,7 +36,7 @@ def test_handler_serves_both_stages_and_audits(
     reference_bundle: Path, postgres_database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     engine = create_engine(postgres_database_url)
-    create_schema(engine)
+    create_schema(postgres_database_url)
     monkeypatch.setenv("MODEL_URI", str(reference_bundle))
     monkeypatch.setenv("DATABASE_URL", postgres_database_url)
     monkeypatch.setenv("API_BASE_PATH", "v1")
@@ -64,7 +64,7 @@ def test_handler_serves_both_stages_and_audits(
     assert rows[1].final_probability == pytest.approx(answers["uncertain"]["fraud_probability"])
     assert rows[0].stage2_probability is None
     assert {row.model_version for row in rows} == {answers["uncertain"]["model_version"]}
-    stage1.runtime.audit.engine.dispose()
+    stage1.runtime.audit.close()
     engine.dispose()
 
 

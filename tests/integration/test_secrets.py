@@ -13,12 +13,10 @@ from typing import Any
 import boto3
 import pytest
 from moto import mock_aws
-from sqlalchemy import text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError
 
-from fraudscore.database import create_audit_engine, database_url
-from fraudscore.exceptions import ConfigurationError
+from fraudscore.database import open_audit_database
+from fraudscore.exceptions import ConfigurationError, DatabaseError
 from fraudscore.runtime import Runtime
 from fraudscore.settings import Settings
 
@@ -76,14 +74,13 @@ def _postgres_settings(postgres_url: str, secret_arn: str, **overrides: Any) -> 
 
 
 def _capture_logs(caplog: pytest.LogCaptureFixture) -> None:
-    """Capture this package's and SQLAlchemy's DEBUG records and everything else from INFO.
+    """Capture this package's DEBUG records and everything else from INFO.
 
     botocore itself logs whole response bodies, secret values included, at DEBUG, so its
     DEBUG records are outside what this package can keep clean.
     """
     caplog.set_level(logging.INFO)
     caplog.set_level(logging.DEBUG, logger="fraudscore")
-    caplog.set_level(logging.DEBUG, logger="sqlalchemy")
 
 
 def _free_port() -> int:
@@ -96,17 +93,17 @@ def _exception_text(exc: BaseException) -> str:
     return "".join(traceback.format_exception(exc))
 
 
-def test_database_url_from_secret(secrets: Any) -> None:
+def test_database_address_from_secret(secrets: Any) -> None:
     arn = _create_secret(secrets, _credentials())
 
-    url = database_url(_settings(arn), secrets)
+    database = open_audit_database(_settings(arn), secrets)
 
-    assert url.drivername == "postgresql+pg8000"
-    assert url.username == "fraud_app"
-    assert url.password == PASSWORD
-    assert url.host == "127.0.0.1"
-    assert url.port == 5432
-    assert url.database == "test"
+    assert database.dialect == "postgresql"
+    assert database.address.user == "fraud_app"
+    assert database.address.password is None  # kept by the credentials, not the address
+    assert database.address.host == "127.0.0.1"
+    assert database.address.port == 5432
+    assert database.address.database == "test"
 
 
 def test_url_text_hides_password(secrets: Any, caplog: pytest.LogCaptureFixture) -> None:
@@ -114,12 +111,12 @@ def test_url_text_hides_password(secrets: Any, caplog: pytest.LogCaptureFixture)
     arn = _create_secret(secrets, _credentials())
     settings = _settings(arn)
 
-    url = database_url(settings, secrets)
+    database = open_audit_database(settings, secrets)
 
-    assert PASSWORD not in str(url)
-    assert PASSWORD not in repr(url)
-    assert PASSWORD not in url.render_as_string()
-    assert "***" in str(url)
+    assert PASSWORD not in str(database)
+    assert PASSWORD not in repr(database)
+    assert PASSWORD not in database.address.render()
+    assert "fraud_app@127.0.0.1" in database.address.render()
     assert PASSWORD not in repr(settings)
     assert arn in caplog.text
     assert PASSWORD not in caplog.text
@@ -129,7 +126,7 @@ def test_secret_without_host_rejected(secrets: Any) -> None:
     arn = _create_secret(secrets, _credentials())
 
     with pytest.raises(ConfigurationError, match="DATABASE_HOST is required"):
-        database_url(_settings(arn, database_host=None), secrets)
+        open_audit_database(_settings(arn, database_host=None), secrets)
 
 
 @pytest.mark.parametrize(
@@ -151,7 +148,7 @@ def test_malformed_secret_rejected(secrets: Any, caplog: pytest.LogCaptureFixtur
     arn = _create_secret(secrets, value)
 
     with pytest.raises(ConfigurationError) as raised:
-        database_url(_settings(arn), secrets)
+        open_audit_database(_settings(arn), secrets)
 
     assert arn in str(raised.value)
     assert "'username' and 'password'" in str(raised.value)
@@ -164,7 +161,7 @@ def test_missing_secret_rejected(secrets: Any) -> None:
     arn = "arn:aws:secretsmanager:us-east-1:123456789012:secret:fraud/absent-AbCdEf"
 
     with pytest.raises(ConfigurationError) as raised:
-        database_url(_settings(arn), secrets)
+        open_audit_database(_settings(arn), secrets)
 
     assert arn in str(raised.value)
     assert "ResourceNotFoundException" in str(raised.value)
@@ -188,39 +185,39 @@ def test_connection_error_hides_password(secrets: Any,
     arn = _create_secret(secrets, _credentials())
     settings = _settings(arn, database_port=_free_port(), database_connect_timeout_seconds=2.0)
 
-    engine = create_audit_engine(settings, secrets)
-    with pytest.raises(DBAPIError) as raised, engine.connect():
+    database = open_audit_database(settings, secrets)
+    with pytest.raises(DatabaseError) as raised, database.connection():
         pass
-    engine.dispose()
+    database.close()
 
+    assert raised.value.connection_lost
     assert PASSWORD not in _exception_text(raised.value)
-    assert PASSWORD not in str(engine)
-    assert PASSWORD not in repr(engine)
-    assert "***" in caplog.text
+    assert PASSWORD not in str(database)
+    assert PASSWORD not in repr(database)
+    assert "audit database configured: postgresql://fraud_app@127.0.0.1" in caplog.text
     assert PASSWORD not in caplog.text
 
 
 @pytest.mark.postgres
-def test_engine_from_secret_queries_postgres(secrets: Any, postgres_url: str,
-                                             caplog: pytest.LogCaptureFixture) -> None:
+def test_database_from_secret_queries_postgres(secrets: Any, postgres_url: str,
+                                               caplog: pytest.LogCaptureFixture) -> None:
     _capture_logs(caplog)
     # The local server trusts its "postgres" user, so any password is accepted.
     username = make_url(postgres_url).username or "postgres"
     arn = _create_secret(secrets, _credentials(username=username))
 
-    engine = create_audit_engine(_postgres_settings(postgres_url, arn), secrets)
+    database = open_audit_database(_postgres_settings(postgres_url, arn), secrets)
     try:
-        with engine.connect() as connection:
-            selected = connection.execute(text("SELECT 1")).scalar_one()
-            user = connection.execute(text("SELECT current_user")).scalar_one()
+        with database.connection() as (connection, _reused):
+            selected = connection.query("SELECT 1")[0][0]
+            user = connection.query("SELECT current_user")[0][0]
     finally:
-        engine.dispose()
+        database.close()
 
     assert selected == 1
     assert user == username
-    assert engine.url.password == PASSWORD
-    assert PASSWORD not in str(engine)
-    assert PASSWORD not in repr(engine)
+    assert PASSWORD not in str(database)
+    assert PASSWORD not in repr(database)
     assert PASSWORD not in caplog.text
 
 
@@ -235,16 +232,17 @@ def test_secret_read_once_per_runtime(secrets: Any, postgres_url: str,
     runtime = Runtime.start(settings, secrets_client=counting)
     assert runtime.load_error is None
     assert runtime.audit is not None
-    engine = runtime.audit.engine
+    database = runtime.audit.database
     results = []
     try:
         for _ in range(3):
-            with engine.connect() as connection:
-                results.append(connection.execute(text("SELECT 1")).scalar_one())
-            # Closing the pool forces the next use to log in again.
-            engine.dispose()
+            with database.connection() as (connection, reused):
+                results.append(connection.query("SELECT 1")[0][0])
+            assert not reused
+            # A closed pool keeps no connection, so each use logs in again.
+            database.close()
     finally:
-        engine.dispose()
+        database.close()
 
     assert results == [1, 1, 1]
     assert counting.reads == 1

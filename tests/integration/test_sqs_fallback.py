@@ -81,7 +81,7 @@ def test_queue_fallback_then_replay_function(  # type: ignore[no-untyped-def]
     assert len(messages) == 12
 
     database = tmp_path / "replayed.db"
-    create_schema(create_engine(f"sqlite:///{database}"))
+    create_schema(f"sqlite:///{database}")
     monkeypatch.setenv("DATABASE_URL", f"sqlite:///{database}")
     replay = load_function_module("functions/audit_replay/handler.py")
     event = _sqs_event(messages + messages[:3])  # redelivered messages must not duplicate
@@ -98,7 +98,7 @@ def test_replay_reports_unwritable_records(  # type: ignore[no-untyped-def]
     aws, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     database = tmp_path / "replayed.db"
-    create_schema(create_engine(f"sqlite:///{database}"))
+    create_schema(f"sqlite:///{database}")
     monkeypatch.setenv("DATABASE_URL", f"sqlite:///{database}")
     replay = load_function_module("functions/audit_replay/handler.py")
     good = _record("d-good", "t-good")

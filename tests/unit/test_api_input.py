@@ -14,9 +14,7 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlalchemy import select
 
-from fraudscore.audit import audit_decisions
 from fraudscore.runtime import Runtime
 
 FEATURE = "TX_AMOUNT"
@@ -421,6 +419,6 @@ def test_sql_injection_leaves_audit_table(client: TestClient, metadata: Metadata
     assert statuses == [422, 422, 422]
     assert audit.ping()
     assert dashes.status_code == 200, dashes.text
-    with audit.engine.connect() as connection:
-        stored = connection.execute(select(audit_decisions.c.transaction_id)).scalars().all()
-    assert stored == ["t--1"]
+    with audit.database.connection() as (connection, _reused):
+        stored = connection.query("SELECT transaction_id FROM audit_decisions")
+    assert stored == [("t--1",)]

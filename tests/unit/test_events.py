@@ -20,7 +20,6 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine
 
 from fraudscore.audit import create_schema
 from fraudscore.bundle import Bundle, load_bundle
@@ -101,9 +100,7 @@ def bundle(bundle_dir: Path) -> Bundle:
 def stage1(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModuleType]:
     """functions/stage1/app.py imported with a local bundle and a SQLite audit database."""
     database_url = f"sqlite:///{tmp_path_factory.mktemp('events') / 'audit.db'}"
-    schema_engine = create_engine(database_url)
-    create_schema(schema_engine)
-    schema_engine.dispose()
+    create_schema(database_url)
 
     with pytest.MonkeyPatch.context() as patch:
         _clean_environment(patch, {
@@ -117,7 +114,7 @@ def stage1(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     yield module
 
     if module.runtime.audit is not None:
-        module.runtime.audit.engine.dispose()
+        module.runtime.audit.close()
     del sys.modules[module.__name__]
 
 

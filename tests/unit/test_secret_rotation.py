@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-import pg8000.dbapi
+import pg8000.exceptions
+import pg8000.native
 import pytest
 
-from fraudscore.database import SecretCredentials, _rotation_aware_connect
+from fraudscore.database import DatabaseAddress, _connect_postgres
+from fraudscore.database_secret import SecretCredentials
+from fraudscore.exceptions import DatabaseError
+
+ADDRESS = DatabaseAddress("postgresql", "fraud", host="proxy.example.internal")
+SECRET_ARN = "arn:aws:secretsmanager:us-east-1:1:secret:db"
 
 
 class FakeSecretsClient:
@@ -21,47 +27,58 @@ class FakeSecretsClient:
         return {"SecretString": f'{{"username": "app", "password": "{password}"}}'}
 
 
-class FakeDialect:
-    loaded_dbapi = pg8000.dbapi
+class FakeServer:
+    """Stands in for pg8000.native.Connection: accepts one password, or is starting up."""
 
-    def __init__(self, accepted: str) -> None:
+    def __init__(self, accepted: str | None) -> None:
         self.accepted = accepted
         self.attempts: list[str] = []
 
-    def connect(self, *args: Any, **params: Any) -> str:
+    def connect(self, user: str, **params: Any) -> Any:
         self.attempts.append(params["password"])
+        if self.accepted is None:
+            raise pg8000.exceptions.DatabaseError(
+                {"C": "57P03", "M": "the database system is starting up"}
+            )
         if params["password"] != self.accepted:
-            raise pg8000.dbapi.DatabaseError(
+            raise pg8000.exceptions.DatabaseError(
                 {"S": "FATAL", "C": "28P01", "M": "password authentication failed"}
             )
-        return "connection"
+        connection = type("Raw", (), {})()
+        connection.parameter_statuses = {"standard_conforming_strings": "on"}
+        return connection
 
 
-def test_rejected_password_rereads_secret() -> None:
+def test_rejected_password_rereads_secret(monkeypatch: pytest.MonkeyPatch) -> None:
     client = FakeSecretsClient(["old-password", "new-password"])
-    credentials = SecretCredentials("arn:aws:secretsmanager:us-east-1:1:secret:db", client)
-    dialect = FakeDialect(accepted="new-password")
-    connect = _rotation_aware_connect(credentials)
+    credentials = SecretCredentials(SECRET_ARN, client)
+    server = FakeServer(accepted="new-password")
+    monkeypatch.setattr(pg8000.native, "Connection", server.connect)
 
-    first = connect(dialect, None, (), {})
-    second = connect(dialect, None, (), {})
+    first = _connect_postgres(ADDRESS, credentials, None, 5.0)
+    second = _connect_postgres(ADDRESS, credentials, None, 5.0)
 
-    assert first == "connection"
-    assert second == "connection"
-    assert dialect.attempts == ["old-password", "new-password", "new-password"]
+    assert first.raw is not None
+    assert second.raw is not None
+    assert server.attempts == ["old-password", "new-password", "new-password"]
     assert client.calls == 2
 
 
-def test_other_database_errors_are_raised() -> None:
+def test_other_database_errors_are_raised(monkeypatch: pytest.MonkeyPatch) -> None:
     client = FakeSecretsClient(["pw"])
-    credentials = SecretCredentials("arn:aws:secretsmanager:us-east-1:1:secret:db", client)
+    credentials = SecretCredentials(SECRET_ARN, client)
+    monkeypatch.setattr(pg8000.native, "Connection", FakeServer(accepted=None).connect)
 
-    class DownDialect(FakeDialect):
-        def connect(self, *args: Any, **params: Any) -> str:
-            raise pg8000.dbapi.DatabaseError(
-                {"C": "57P03", "M": "the database system is starting up"}
-            )
+    with pytest.raises(DatabaseError) as raised:
+        _connect_postgres(ADDRESS, credentials, None, 5.0)
 
-    with pytest.raises(pg8000.dbapi.DatabaseError):
-        _rotation_aware_connect(credentials)(DownDialect("pw"), None, (), {})
+    assert raised.value.sqlstate == "57P03"
     assert client.calls == 1
+
+
+def test_password_not_in_repr() -> None:
+    address = DatabaseAddress("postgresql", "fraud", host="h", user="app", password="s3cret")
+
+    assert "s3cret" not in repr(address)
+    assert "s3cret" not in address.render()
+    assert address.render() == "postgresql://app:***@h:5432/fraud"

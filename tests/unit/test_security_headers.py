@@ -73,4 +73,4 @@ def test_no_secret_in_metadata_health_or_errors(make_client, tmp_path: Path) -> 
         assert SECRET not in answer.text
         assert SECRET not in json.dumps(dict(answer.headers))
     assert answers[0].status_code == 503
-    runtime.audit.engine.dispose()  # type: ignore[union-attr]
+    runtime.audit.close()  # type: ignore[union-attr]

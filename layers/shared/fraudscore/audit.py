@@ -1,8 +1,9 @@
 """Audit trail: one row per decision in PostgreSQL (or SQLite for the local demo).
 
 The table is created by an explicit command (``python -m fraudscore.audit_schema``),
-never per request. Inserts are parameterized SQLAlchemy Core statements: one multi-row
-statement per request, in one transaction.
+never per request. A single decision is one ``INSERT ... ON CONFLICT DO NOTHING
+RETURNING`` statement in autocommit mode: one round trip to PostgreSQL. A batch is one
+multi-row statement per 1,000 rows inside one transaction.
 
 Two keys make writes idempotent. ``decision_id`` is the primary key, so replaying a
 record from the fallback spool or queue never duplicates it. ``idempotency_key`` (the
@@ -19,59 +20,71 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import (
-    JSON,
-    Boolean,
-    Column,
-    Connection,
-    DateTime,
-    Engine,
-    Float,
-    Index,
-    MetaData,
-    String,
-    Table,
-    func,
-    select,
-    text,
-)
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
-
-from fraudscore.exceptions import AuditError, IdempotencyConflictError
+from fraudscore.database import Connection, Database, open_database_url
+from fraudscore.exceptions import AuditError, DatabaseError, IdempotencyConflictError
 
 logger = logging.getLogger(__name__)
 
-metadata = MetaData()
+TABLE = "audit_decisions"
 
-audit_decisions = Table(
-    "audit_decisions",
-    metadata,
-    Column("decision_id", String(64), primary_key=True),
-    Column("request_id", String(128), nullable=False),
-    Column("transaction_id", String(128), nullable=False),
-    Column("decided_at", DateTime(timezone=True), nullable=False),
-    Column("features", JSON().with_variant(JSONB(), "postgresql"), nullable=False),
-    Column("features_sha256", String(64), nullable=False),
-    Column("stage1_probability", Float, nullable=False),
-    Column("stage2_probability", Float, nullable=True),
-    Column("final_probability", Float, nullable=False),
-    Column("is_fraud", Boolean, nullable=False),
-    Column("stage", String(16), nullable=False),
-    Column("model_version", String(64), nullable=False),
-    Column("latency_ms", Float, nullable=False),
-    Column("degraded", Boolean, nullable=False, server_default=text("false")),
-    Column("degraded_reason", String(64), nullable=True),
-    Column("manual_review", Boolean, nullable=False, server_default=text("false")),
+# Column order of every INSERT and SELECT below.
+COLUMNS = (
+    "decision_id",
+    "request_id",
+    "transaction_id",
+    "decided_at",
+    "features",
+    "features_sha256",
+    "stage1_probability",
+    "stage2_probability",
+    "final_probability",
+    "is_fraud",
+    "stage",
+    "model_version",
+    "latency_ms",
+    "degraded",
+    "degraded_reason",
+    "manual_review",
     # Equal to transaction_id, except for a replayed record whose transaction id was taken
     # by a decision with other features while the database was down: that record is kept
     # under "<transaction_id>#conflict#<decision_id>" with idempotency_conflict set.
-    Column("idempotency_key", String(256), nullable=False, unique=True),
-    Column("idempotency_conflict", Boolean, nullable=False, server_default=text("false")),
-    Index("ix_audit_decisions_transaction_id", "transaction_id"),
-    Index("ix_audit_decisions_decided_at", "decided_at"),
+    "idempotency_key",
+    "idempotency_conflict",
 )
+
+_COLUMN_TYPES = {
+    # column: (PostgreSQL type, SQLite type); NOT NULL unless listed in _NULLABLE.
+    "decision_id": ("varchar(64) PRIMARY KEY", "TEXT PRIMARY KEY"),
+    "request_id": ("varchar(128)", "TEXT"),
+    "transaction_id": ("varchar(128)", "TEXT"),
+    "decided_at": ("timestamptz", "TEXT"),
+    "features": ("jsonb", "TEXT"),
+    "features_sha256": ("varchar(64)", "TEXT"),
+    "stage1_probability": ("double precision", "REAL"),
+    "stage2_probability": ("double precision", "REAL"),
+    "final_probability": ("double precision", "REAL"),
+    "is_fraud": ("boolean", "BOOLEAN"),
+    "stage": ("varchar(16)", "TEXT"),
+    "model_version": ("varchar(64)", "TEXT"),
+    "latency_ms": ("double precision", "REAL"),
+    "degraded": ("boolean DEFAULT false", "BOOLEAN DEFAULT 0"),
+    "degraded_reason": ("varchar(64)", "TEXT"),
+    "manual_review": ("boolean DEFAULT false", "BOOLEAN DEFAULT 0"),
+    "idempotency_key": ("varchar(256) UNIQUE", "TEXT UNIQUE"),
+    "idempotency_conflict": ("boolean DEFAULT false", "BOOLEAN DEFAULT 0"),
+}
+_NULLABLE = {"stage2_probability", "degraded_reason"}
+_INDEXES = {
+    "ix_audit_decisions_transaction_id": "transaction_id",
+    "ix_audit_decisions_decided_at": "decided_at",
+}
+
+_INSERT_HEAD = f"INSERT INTO {TABLE} ({', '.join(COLUMNS)})"
+_INSERT_TAIL = "ON CONFLICT DO NOTHING RETURNING decision_id"
+_SELECT_ALL = f"SELECT {', '.join(COLUMNS)} FROM {TABLE}"  # noqa: S608 - constant names
+
+# Rows per multi-row INSERT, which bounds the size of one statement (about 0.5 MB).
+INSERT_CHUNK = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,10 +108,44 @@ class AuditRecord:
     degraded_reason: str | None = None
     manual_review: bool = False
 
-    def to_row(self) -> dict[str, Any]:
-        row = asdict(self)
-        row["idempotency_key"] = self.transaction_id
-        return row
+    def to_row(self, *, conflict: bool = False) -> tuple[Any, ...]:
+        """Return the values of ``COLUMNS``; ``conflict`` stores it as a flagged conflict."""
+        key = f"{self.transaction_id}#conflict#{self.decision_id}" if conflict \
+            else self.transaction_id
+        return (
+            self.decision_id, self.request_id, self.transaction_id, self.decided_at,
+            self.features, self.features_sha256, self.stage1_probability,
+            self.stage2_probability, self.final_probability, self.is_fraud, self.stage,
+            self.model_version, self.latency_ms, self.degraded, self.degraded_reason,
+            self.manual_review, key, conflict,
+        )
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> AuditRecord:
+        """Build a record from a ``SELECT`` of ``COLUMNS`` (either dialect)."""
+        values = dict(zip(COLUMNS, row, strict=True))
+        features = values["features"]
+        decided_at = values["decided_at"]
+        return cls(
+            decision_id=values["decision_id"],
+            request_id=values["request_id"],
+            transaction_id=values["transaction_id"],
+            # SQLite stores both as text; PostgreSQL returns a datetime and a dict.
+            decided_at=datetime.fromisoformat(decided_at) if isinstance(decided_at, str)
+            else decided_at,
+            features=json.loads(features) if isinstance(features, str) else features,
+            features_sha256=values["features_sha256"],
+            stage1_probability=values["stage1_probability"],
+            stage2_probability=values["stage2_probability"],
+            final_probability=values["final_probability"],
+            is_fraud=bool(values["is_fraud"]),
+            stage=values["stage"],
+            model_version=values["model_version"],
+            latency_ms=values["latency_ms"],
+            degraded=bool(values["degraded"]),
+            degraded_reason=values["degraded_reason"],
+            manual_review=bool(values["manual_review"]),
+        )
 
     def to_json(self) -> str:
         """Serialize for the fallback spool or queue (ISO-8601 time)."""
@@ -113,55 +160,14 @@ class AuditRecord:
         return cls(**row)
 
 
-_FIELDS = tuple(AuditRecord.__dataclass_fields__)
-
-
-def _conflict_row(record: AuditRecord) -> dict[str, Any]:
-    row = record.to_row()
-    row["idempotency_key"] = f"{record.transaction_id}#conflict#{record.decision_id}"
-    row["idempotency_conflict"] = True
-    return row
-
-
-# Rows per multi-row INSERT: 18 columns each, so 1,000 rows use 18,000 of PostgreSQL's
-# 65,535 bind parameters per statement (SQLite allows 250,000 since 3.32).
-INSERT_CHUNK = 1000
-
-
-def _connects_in_autocommit(engine: Engine) -> bool:
-    # The isolation level given to create_engine(); SQLAlchemy keeps it on the dialect.
-    return getattr(engine.dialect, "_on_connect_isolation_level", None) == "AUTOCOMMIT"
-
-
-_INSERT_BY_DIALECT = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
-
-
 class AuditStore:
-    """Writes audit records through one engine, created once per process.
+    """Writes audit records through one :class:`~fraudscore.database.Database` per process.
 
-    Parameters
-    ----------
-    engine : sqlalchemy.Engine
-        A pooled engine. In Lambda, one pooled connection per container is reused
-        across invocations.
+    In Lambda, one pooled connection per container is reused across invocations.
     """
 
-    def __init__(self, engine: Engine) -> None:
-        dialect = engine.dialect.name
-        if dialect not in _INSERT_BY_DIALECT:
-            raise AuditError(f"unsupported audit database dialect {dialect!r}")
-        self._insert_function = _INSERT_BY_DIALECT[dialect]
-        # Writes run in autocommit mode: a single-row INSERT is its own transaction, with
-        # no BEGIN or COMMIT round trip. create_audit_engine sets it once per connection;
-        # any other engine gets it per checkout, which costs a few statements each time.
-        if _connects_in_autocommit(engine):
-            self.engine = engine
-        else:
-            self.engine = engine.execution_options(isolation_level="AUTOCOMMIT")
-        insert: Any = self._insert_function(audit_decisions)
-        self._single_insert = insert.on_conflict_do_nothing().returning(
-            audit_decisions.c.decision_id
-        )
+    def __init__(self, database: Database) -> None:
+        self.database = database
 
     def write(
         self, records: Sequence[AuditRecord], *, keep_conflicts: bool = False
@@ -192,78 +198,60 @@ class AuditStore:
         """
         if not records:
             return {}
-        try:
+        for attempt in (1, 2):
+            reused = False
             try:
-                return self._write_once(records, keep_conflicts)
-            except DBAPIError as exc:
-                if not exc.connection_invalidated:
-                    raise
-                # The pooled connection had died (database restart, idle timeout); the pool
-                # was invalidated, so one retry gets a fresh connection. No pre-ping is
-                # needed, which saves a round trip on every request.
-                logger.warning("audit connection was closed by the server; retrying once")
-                return self._write_once(records, keep_conflicts)
-        except SQLAlchemyError as exc:
-            ids = ", ".join(record.decision_id for record in records[:3])
-            raise AuditError(
-                f"audit insert of {len(records)} record(s) failed (decision ids {ids}"
-                f"{', ...' if len(records) > 3 else ''}): {type(exc).__name__}"
-            ) from exc
+                with self.database.connection() as (connection, reused):
+                    return self._write_on(connection, records, keep_conflicts)
+            except DatabaseError as exc:
+                if attempt == 1 and exc.connection_lost and reused:
+                    # The pooled connection had died (database restart, idle timeout) and
+                    # was closed, so one retry gets a fresh connection. This saves the
+                    # round trip of a liveness check on every request.
+                    logger.warning("audit connection was closed by the server; retrying once")
+                    continue
+                ids = ", ".join(record.decision_id for record in records[:3])
+                raise AuditError(
+                    f"audit insert of {len(records)} record(s) failed (decision ids {ids}"
+                    f"{', ...' if len(records) > 3 else ''}): {exc}"
+                ) from exc
+        raise AssertionError("unreachable: the second attempt returns or raises")
 
-    def _write_once(
-        self, records: Sequence[AuditRecord], keep_conflicts: bool
+    def _write_on(
+        self, connection: Connection, records: Sequence[AuditRecord], keep_conflicts: bool
     ) -> dict[str, AuditRecord]:
-        with self.engine.connect() as connection:
-            if len(records) == 1:
-                # One statement is atomic on its own; a conflict means nothing was written.
-                return self._write_rows(connection, records, keep_conflicts)
-            # Several rows share one transaction, so a conflict on one of them (409)
-            # writes none of them.
-            connection.exec_driver_sql("BEGIN")
+        if len(records) == 1:
+            # One statement is atomic on its own; a conflict means nothing was written.
+            return self._write_rows(connection, records, keep_conflicts)
+        # Several rows share one transaction, so a conflict on one of them (409) writes
+        # none of them.
+        connection.query("BEGIN")
+        try:
+            repeats = self._write_rows(connection, records, keep_conflicts)
+        except BaseException:
             try:
-                repeats = self._write_rows(connection, records, keep_conflicts)
-            except BaseException:
-                connection.exec_driver_sql("ROLLBACK")
-                raise
-            connection.exec_driver_sql("COMMIT")
-            return repeats
+                connection.query("ROLLBACK")
+            except DatabaseError as rollback_error:
+                # The connection is closed on return (still inside a transaction), which
+                # makes the server roll back; the original error is the one to raise.
+                logger.warning("audit ROLLBACK failed: %s", rollback_error)
+            raise
+        connection.query("COMMIT")
+        return repeats
 
     def _write_rows(
         self, connection: Connection, records: Sequence[AuditRecord], keep_conflicts: bool
     ) -> dict[str, AuditRecord]:
-        inserted = self._insert_rows(connection, [r.to_row() for r in records])
-        pending = [r for r in records if r.decision_id not in inserted]
+        inserted = _insert(connection, [record.to_row() for record in records])
+        pending = [record for record in records if record.decision_id not in inserted]
         if not pending:
             return {}
         return self._resolve_repeats(connection, pending, keep_conflicts)
 
-    def _insert_rows(self, connection: Connection, rows: list[dict[str, Any]]) -> set[str]:
-        if len(rows) == 1:
-            # A prebuilt statement: compiled once, then served from SQLAlchemy's cache.
-            return set(connection.execute(self._single_insert, rows[0]).scalars())
-        inserted: set[str] = set()
-        # Multi-row VALUES statements of at most INSERT_CHUNK rows: few round trips, and
-        # under PostgreSQL's limit of 65,535 parameters per statement.
-        for start in range(0, len(rows), INSERT_CHUNK):
-            insert: Any = self._insert_function(audit_decisions)  # dialect-specific Insert
-            statement = (
-                insert.values(rows[start:start + INSERT_CHUNK])
-                .on_conflict_do_nothing()
-                .returning(audit_decisions.c.decision_id)
-            )
-            inserted.update(connection.execute(statement).scalars())
-        return inserted
-
     def _resolve_repeats(
         self, connection: Connection, pending: list[AuditRecord], keep_conflicts: bool
     ) -> dict[str, AuditRecord]:
-        keys = sorted({record.transaction_id for record in pending})
-        stored = {
-            row.idempotency_key: AuditRecord(**{name: getattr(row, name) for name in _FIELDS})
-            for row in connection.execute(
-                select(audit_decisions).where(audit_decisions.c.idempotency_key.in_(keys))
-            )
-        }
+        stored = _select_by_keys(connection, sorted({r.transaction_id for r in pending}))
         repeats: dict[str, AuditRecord] = {}
         conflicts: list[AuditRecord] = []
         for record in pending:
@@ -284,27 +272,85 @@ class AuditStore:
         if conflicts:
             logger.error("storing %d replayed record(s) as idempotency conflicts: %s",
                          len(conflicts), ", ".join(r.decision_id for r in conflicts))
-            self._insert_rows(connection, [_conflict_row(r) for r in conflicts])
+            _insert(connection, [r.to_row(conflict=True) for r in conflicts])
         return repeats
 
     def ping(self) -> bool:
         """Return True when the audit table can be queried."""
         try:
-            with self.engine.connect() as connection:
-                connection.execute(select(audit_decisions.c.decision_id).limit(1))
-        except SQLAlchemyError as exc:
-            logger.warning("audit store health check failed: %s", type(exc).__name__)
+            with self.database.connection() as (connection, _reused):
+                connection.query(f"SELECT decision_id FROM {TABLE} LIMIT 1")  # noqa: S608
+        except DatabaseError as exc:
+            logger.warning("audit store health check failed: %s", exc)
             return False
         return True
 
     def count(self) -> int:
         """Return the number of audit rows (for tests and operators)."""
-        with self.engine.connect() as connection:
-            return int(connection.execute(select(func.count()).select_from(audit_decisions))
-                       .scalar_one())
+        with self.database.connection() as (connection, _reused):
+            return int(connection.query(f"SELECT count(*) FROM {TABLE}")[0][0])  # noqa: S608
+
+    def close(self) -> None:
+        """Close the idle database connections."""
+        self.database.close()
 
 
-def create_schema(engine: Engine) -> None:
-    """Create the audit table and its indexes when they do not exist."""
-    metadata.create_all(engine, checkfirst=True)
-    logger.info("audit schema ready on %s", engine.url.render_as_string(hide_password=True))
+def _insert(connection: Connection, rows: list[tuple[Any, ...]]) -> set[str]:
+    """Insert ``rows``, skipping conflicts; return the decision ids actually inserted."""
+    inserted: set[str] = set()
+    for start in range(0, len(rows), INSERT_CHUNK):
+        returned = connection.insert_rows(_INSERT_HEAD, rows[start:start + INSERT_CHUNK],
+                                          _INSERT_TAIL)
+        inserted.update(row[0] for row in returned)
+    return inserted
+
+
+def _select_by_keys(connection: Connection, keys: list[str]) -> dict[str, AuditRecord]:
+    """Return the stored records whose ``idempotency_key`` is in ``keys``, by key."""
+    stored: dict[str, AuditRecord] = {}
+    for start in range(0, len(keys), INSERT_CHUNK):
+        chunk = keys[start:start + INSERT_CHUNK]
+        params = {f"k{i}": key for i, key in enumerate(chunk)}
+        placeholders = ", ".join(f":{name}" for name in params)
+        rows = connection.query(f"{_SELECT_ALL} WHERE idempotency_key IN ({placeholders})",
+                                params)
+        for row in rows:
+            record = AuditRecord.from_row(row)
+            stored[row[COLUMNS.index("idempotency_key")]] = record
+    return stored
+
+
+def schema_statements(dialect: str) -> list[str]:
+    """Return the statements that create the audit table and its indexes if missing."""
+    which = 0 if dialect == "postgresql" else 1
+    columns = ",\n    ".join(
+        f"{name} {_COLUMN_TYPES[name][which]}{'' if name in _NULLABLE else ' NOT NULL'}"
+        for name in COLUMNS
+    )
+    statements = [f"CREATE TABLE IF NOT EXISTS {TABLE} (\n    {columns}\n)"]
+    statements += [f"CREATE INDEX IF NOT EXISTS {index} ON {TABLE} ({column})"
+                   for index, column in _INDEXES.items()]
+    return statements
+
+
+def create_schema(target: Database | str) -> None:
+    """Create the audit table and its indexes when they do not exist.
+
+    ``target`` is a :class:`Database` or a database URL (``postgresql://...``,
+    ``sqlite:///audit.db``). The statements run in one transaction.
+    """
+    database = open_database_url(target) if isinstance(target, str) else target
+    try:
+        with database.connection() as (connection, _reused):
+            connection.query("BEGIN")
+            try:
+                for statement in schema_statements(database.dialect):
+                    connection.query(statement)
+            except BaseException:
+                connection.query("ROLLBACK")
+                raise
+            connection.query("COMMIT")
+    finally:
+        if database is not target:
+            database.close()
+    logger.info("audit schema ready on %s", database.address.render())

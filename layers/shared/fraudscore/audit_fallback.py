@@ -77,9 +77,9 @@ class SqsFallback:
 
     def __init__(self, queue_url: str, client: Any = None) -> None:
         if client is None:
-            import boto3
+            from fraudscore.aws_clients import create_client
 
-            client = boto3.client("sqs")
+            client = create_client("sqs")
         self.queue_url = queue_url
         self.client = client
 

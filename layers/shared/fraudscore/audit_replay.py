@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fraudscore.audit import AuditRecord, AuditStore
-from fraudscore.database import create_audit_engine
+from fraudscore.database import open_audit_database
 from fraudscore.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -81,15 +81,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Write audit records from the local spool file to the audit database.",
     )
     parser.add_argument("--spool", help="spool file (default: $AUDIT_SPOOL_PATH)")
-    parser.add_argument("--database-url", help="SQLAlchemy URL (default: $DATABASE_URL)")
+    parser.add_argument("--database-url", help="database URL, postgresql://... or "
+                        "sqlite:///... (default: $DATABASE_URL)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     overrides = {"database_url": args.database_url} if args.database_url else {}
     settings = Settings.from_env(**overrides)
-    engine = create_audit_engine(settings)
-    count = replay_spool(Path(args.spool or settings.audit_spool_path), AuditStore(engine))
-    engine.dispose()
+    store = AuditStore(open_audit_database(settings))
+    try:
+        count = replay_spool(Path(args.spool or settings.audit_spool_path), store)
+    finally:
+        store.close()
     logger.info("replay finished: %d record(s)", count)
     return 0
 

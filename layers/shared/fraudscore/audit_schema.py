@@ -11,7 +11,7 @@ import logging
 from collections.abc import Sequence
 
 from fraudscore.audit import create_schema
-from fraudscore.database import create_audit_engine
+from fraudscore.database import open_audit_database
 from fraudscore.settings import Settings
 
 
@@ -22,14 +22,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Create the audit_decisions table and its indexes if they do not exist.",
     )
     parser.add_argument("--database-url",
-                        help="SQLAlchemy URL (default: $DATABASE_URL, else sqlite:///audit.db)")
+                        help="database URL, postgresql://... or sqlite:///... "
+                             "(default: $DATABASE_URL, else sqlite:///audit.db)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     overrides = {"database_url": args.database_url} if args.database_url else {}
-    engine = create_audit_engine(Settings.from_env(**overrides))
-    create_schema(engine)
-    engine.dispose()
+    database = open_audit_database(Settings.from_env(**overrides))
+    try:
+        create_schema(database)
+    finally:
+        database.close()
     return 0
 
 

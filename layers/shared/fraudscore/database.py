@@ -1,178 +1,377 @@
-"""Database engines for the audit trail: one pooled engine per process.
+"""The audit database: PostgreSQL through pg8000, or SQLite for the local demo.
+
+One :class:`Database` per process lends pooled connections. PostgreSQL statements go
+through pg8000's simple query protocol with parameters rendered client-side
+(:mod:`fraudscore.sql_literals`), so each statement costs one round trip. SQLite
+statements use the ``sqlite3`` module's own parameter binding.
 
 With ``DATABASE_SECRET_ARN`` set (AWS), the user name and password come from Secrets
-Manager, read once per container, and the engine connects to ``DATABASE_HOST`` (the RDS
+Manager, read once per container, and connections go to ``DATABASE_HOST`` (the RDS
 Proxy endpoint) with TLS. RDS rotates the managed password, so a login rejected for its
-password makes the engine read the secret again and retry once. Otherwise
-``DATABASE_URL`` is used as given.
+password reads the secret again and retries once. Otherwise ``DATABASE_URL`` is used.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import ssl
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal, Protocol
+from urllib.parse import quote, unquote, urlsplit
 
-from sqlalchemy import URL, Engine, create_engine, event
-from sqlalchemy.engine import make_url
-
-from fraudscore.exceptions import ConfigurationError
+from fraudscore.connection_pool import ConnectionPool
+from fraudscore.database_secret import INVALID_PASSWORD, SecretCredentials
+from fraudscore.exceptions import ConfigurationError, DatabaseError, FraudScoreError
 from fraudscore.settings import Env, Settings
+from fraudscore.sql_literals import check_server_quoting, render_row, render_statement
 
 logger = logging.getLogger(__name__)
 
+Dialect = Literal["postgresql", "sqlite"]
+Rows = list[tuple[Any, ...]]
+_SCHEMES: dict[str, Dialect] = {
+    "postgresql": "postgresql",
+    "postgresql+pg8000": "postgresql",
+    "postgres": "postgresql",
+    "sqlite": "sqlite",
+    "sqlite+pysqlite": "sqlite",
+}
+# SQLSTATE classes and codes after which the server has closed the session.
+_CONNECTION_LOST_STATES = ("08", "57P01", "57P02", "57P03")
+# Connections older than this are replaced at checkout (RDS Proxy idles clients out).
+RECYCLE_SECONDS = 300.0
 
-def read_database_secret(secret_arn: str, client: Any = None) -> dict[str, Any]:
-    """Fetch the ``username``/``password`` secret that RDS manages for the database.
 
-    This module never logs the secret value, and its error messages name only the ARN.
-    NOTE: botocore logs whole response bodies at DEBUG level, the secret included, so
-    the ``botocore`` loggers must stay at INFO or above wherever this runs.
+@dataclass(frozen=True)
+class DatabaseAddress:
+    """Where the audit database is: a PostgreSQL server or a SQLite file."""
+
+    dialect: Dialect
+    database: str
+    host: str | None = None
+    port: int = 5432
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+    def render(self) -> str:
+        """Return the address as a URL with the password masked, for logs."""
+        if self.dialect == "sqlite":
+            return f"sqlite:///{self.database}"
+        credentials = quote(self.user or "", safe="")
+        if self.password is not None:
+            credentials += ":***"
+        return f"postgresql://{credentials}@{self.host}:{self.port}/{self.database}"
+
+
+def parse_database_url(url: str) -> DatabaseAddress:
+    """Parse ``postgresql://user:password@host:port/name`` or ``sqlite:///path``.
+
+    ``postgresql+pg8000://`` is accepted as a synonym. Query parameters are rejected,
+    so an option such as ``?sslmode=require`` is never silently ignored: TLS is set by
+    ``DATABASE_SSL``.
 
     Raises
     ------
     ConfigurationError
-        If Secrets Manager cannot return the secret, or its value is not a JSON object
-        with string ``username`` and ``password`` keys.
+        If the URL has another scheme, query parameters, or no database name.
     """
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    if client is None:
-        import boto3
-
-        client = boto3.client("secretsmanager")
-    try:
-        response = client.get_secret_value(SecretId=secret_arn)
-    except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "ClientError")
-        raise ConfigurationError(f"cannot read secret {secret_arn}: {code}") from exc
-    except BotoCoreError as exc:
-        raise ConfigurationError(f"cannot read secret {secret_arn}: {exc}") from exc
-
-    try:
-        secret = json.loads(response["SecretString"])
-        credentials_valid = all(isinstance(secret[key], str) for key in ("username", "password"))
-    except (KeyError, TypeError, ValueError):
-        credentials_valid = False
-    if not credentials_valid:
-        # Raised outside the except block, so no chained exception carries the secret's text.
+    parts = urlsplit(url)
+    dialect = _SCHEMES.get(parts.scheme.lower())
+    if dialect is None:
         raise ConfigurationError(
-            f"secret {secret_arn} must be JSON with string 'username' and 'password' keys"
+            f"{Env.DATABASE_URL} must start with postgresql:// or sqlite:///, got "
+            f"{parts.scheme or url!r}://..."
         )
-    return dict(secret)
-
-
-class SecretCredentials:
-    """User name and password from a Secrets Manager secret, cached until a login fails."""
-
-    def __init__(self, secret_arn: str, client: Any = None) -> None:
-        self.secret_arn = secret_arn
-        self.client = client
-        self._secret: dict[str, Any] | None = None
-
-    def get(self) -> dict[str, Any]:
-        if self._secret is None:
-            self._secret = read_database_secret(self.secret_arn, self.client)
-            logger.info("read database credentials from secret %s", self.secret_arn)
-        return self._secret
-
-    def refresh(self) -> dict[str, Any]:
-        self._secret = None
-        return self.get()
-
-
-# SQLSTATE of "password authentication failed" (PostgreSQL error class 28).
-INVALID_PASSWORD = "28P01"  # noqa: S105 - an error code, not a password
-
-
-def _is_invalid_password(exc: Exception) -> bool:
-    details = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
-    return details.get("C") == INVALID_PASSWORD
-
-
-def database_url(settings: Settings, secrets_client: Any = None) -> URL:
-    """Build the audit database URL from settings (and Secrets Manager when configured)."""
-    if not settings.database_secret_arn:
-        url = make_url(settings.database_url)
-        if url.drivername == "postgresql":
-            url = url.set(drivername="postgresql+pg8000")
-        return url
-
-    return _secret_url(settings, SecretCredentials(settings.database_secret_arn, secrets_client))
-
-
-def create_audit_engine(settings: Settings, secrets_client: Any = None) -> Engine:
-    """Create the process-wide audit engine (pooled, reused by every request)."""
-    credentials = None
-    if settings.database_secret_arn:
-        credentials = SecretCredentials(settings.database_secret_arn, secrets_client)
-        url = _secret_url(settings, credentials)
-    else:
-        url = database_url(settings)
-    # No pre-ping: AuditStore retries once on a connection the server had closed.
-    # Autocommit, set once per connection: AuditStore opens a transaction only for
-    # multi-row writes and always ends it, so a returned connection needs no reset.
-    options: dict[str, Any] = {"isolation_level": "AUTOCOMMIT", "pool_reset_on_return": None}
-    connect_args: dict[str, Any] = {}
-
-    if url.get_backend_name() == "postgresql":
-        options.update(
-            pool_size=settings.database_pool_size,
-            max_overflow=settings.database_max_overflow,
-            pool_timeout=settings.database_pool_timeout_seconds,
-            pool_recycle=300,
+    if parts.query:
+        raise ConfigurationError(
+            f"{Env.DATABASE_URL} must not have query parameters ({parts.query.split('=')[0]}"
+            f"=...); use {Env.DATABASE_SSL} for TLS"
         )
-        connect_args["timeout"] = settings.database_connect_timeout_seconds
-        if settings.database_ssl:
-            connect_args["ssl_context"] = ssl.create_default_context()
-    elif url.get_backend_name() == "sqlite":
-        connect_args["check_same_thread"] = False
-        connect_args["timeout"] = settings.database_connect_timeout_seconds
+    if dialect == "sqlite":
+        path = unquote(parts.path[1:]) if parts.path.startswith("/") else ""
+        if not path or path == ":memory:" or parts.netloc:
+            raise ConfigurationError(
+                f"{Env.DATABASE_URL} for SQLite must name a file: sqlite:///audit.db "
+                "(relative) or sqlite:////var/data/audit.db (absolute)"
+            )
+        return DatabaseAddress("sqlite", path)
 
-    engine = create_engine(url, connect_args=connect_args, **options)
-    if url.get_backend_name() == "sqlite":
-        event.listen(engine, "connect", _sqlite_pragmas)
-    if credentials is not None:
-        event.listen(engine, "do_connect", _rotation_aware_connect(credentials))
-    logger.info("audit engine created for %s", url.render_as_string(hide_password=True))
-    return engine
-
-
-def _secret_url(settings: Settings, credentials: SecretCredentials) -> URL:
-    if not settings.database_host:
-        raise ConfigurationError(f"{Env.DATABASE_HOST} is required with {Env.DATABASE_SECRET_ARN}")
-    secret = credentials.get()
-    return URL.create(
-        "postgresql+pg8000",
-        username=secret["username"],
-        password=secret["password"],
-        host=settings.database_host,
-        port=settings.database_port,
-        database=settings.database_name,
+    name = unquote(parts.path.lstrip("/"))
+    if not name or not parts.hostname:
+        raise ConfigurationError(
+            f"{Env.DATABASE_URL} must name a host and a database: "
+            "postgresql://user@host:5432/database"
+        )
+    try:
+        port = parts.port or 5432
+    except ValueError as exc:
+        raise ConfigurationError(f"{Env.DATABASE_URL} has an invalid port") from exc
+    return DatabaseAddress(
+        "postgresql",
+        name,
+        host=parts.hostname,
+        port=port,
+        user=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password is not None else None,
     )
 
 
-def _rotation_aware_connect(credentials: SecretCredentials) -> Any:
-    def connect(dialect: Any, _record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
-        secret = credentials.get()
-        cparams.update(user=secret["username"], password=secret["password"])
+class Connection(Protocol):
+    """What the audit store needs from a connection of either dialect."""
+
+    def query(self, template: str, params: Mapping[str, Any] | None = None) -> Rows:
+        """Run one statement with ``:name`` placeholders; return its rows (or [])."""
+        ...
+
+    def insert_rows(self, head: str, rows: Sequence[Sequence[Any]], tail: str) -> Rows:
+        """Run ``head VALUES (row), ... tail`` for ``rows``; return the rows it returned."""
+        ...
+
+
+class PostgresConnection:
+    """A pg8000 connection; statements go out as one simple-protocol query each."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+
+    def query(self, template: str, params: Mapping[str, Any] | None = None) -> Rows:
+        return self.execute(render_statement(template, params or {}))
+
+    def insert_rows(self, head: str, rows: Sequence[Sequence[Any]], tail: str) -> Rows:
+        values = ", ".join(render_row(row) for row in rows)
+        return self.execute(f"{head} VALUES {values} {tail}")
+
+    def execute(self, sql: str) -> list[tuple[Any, ...]]:
+        """Send ``sql`` (already rendered) and return its rows."""
+        import pg8000.exceptions
+
         try:
-            return dialect.connect(*cargs, **cparams)
-        except dialect.loaded_dbapi.DatabaseError as exc:
-            if not _is_invalid_password(exc):
-                raise
-            logger.warning("database rejected the cached password; reading secret %s again",
-                           credentials.secret_arn)
-            secret = credentials.refresh()
-            cparams.update(user=secret["username"], password=secret["password"])
-            return dialect.connect(*cargs, **cparams)
+            rows = self.raw.run(sql)
+        except pg8000.exceptions.DatabaseError as exc:
+            raise _postgres_error(exc) from exc
+        except (pg8000.exceptions.InterfaceError, OSError) as exc:
+            raise DatabaseError(f"connection to PostgreSQL lost: {type(exc).__name__}: {exc}",
+                                connection_lost=True) from exc
+        return [tuple(row) for row in rows] if rows else []
 
-    return connect
+    @property
+    def in_transaction(self) -> bool:
+        # pg8000 keeps the status byte of the server's last ReadyForQuery ("I" = idle).
+        return getattr(self.raw, "_transaction_status", b"I") != b"I"
+
+    def close(self) -> None:
+        self.raw.close()
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.close()
+class SqliteConnection:
+    """A ``sqlite3`` connection in autocommit mode, with parameters bound by sqlite3."""
+
+    def __init__(self, raw: sqlite3.Connection) -> None:
+        self.raw = raw
+
+    def query(self, template: str, params: Mapping[str, Any] | None = None) -> Rows:
+        values = {name: _sqlite_value(value) for name, value in (params or {}).items()}
+        return self._run(template, values)
+
+    def insert_rows(self, head: str, rows: Sequence[Sequence[Any]], tail: str) -> Rows:
+        # sqlite3 cannot return RETURNING rows from executemany, and each statement is
+        # an in-process call, so one statement per row costs no round trips.
+        if not rows:
+            return []
+        placeholders = ", ".join("?" for _ in rows[0])
+        statement = f"{head} VALUES ({placeholders}) {tail}"
+        returned: list[tuple[Any, ...]] = []
+        for row in rows:
+            returned.extend(self._run(statement, [_sqlite_value(value) for value in row]))
+        return returned
+
+    def _run(self, statement: str, params: Any) -> list[tuple[Any, ...]]:
+        try:
+            return [tuple(row) for row in self.raw.execute(statement, params).fetchall()]
+        except sqlite3.ProgrammingError as exc:
+            # Raised for a closed connection, among others.
+            raise DatabaseError(f"SQLite statement failed: {exc}", connection_lost=True) from exc
+        except sqlite3.Error as exc:
+            raise DatabaseError(f"SQLite statement failed: {type(exc).__name__}: {exc}") from exc
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.raw.in_transaction
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+def _sqlite_value(value: Any) -> Any:
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True, allow_nan=False)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
+
+
+def _postgres_error(exc: Exception) -> DatabaseError:
+    details = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
+    sqlstate = details.get("C")
+    message = details.get("M", str(exc))
+    lost = isinstance(sqlstate, str) and sqlstate.startswith(_CONNECTION_LOST_STATES)
+    return DatabaseError(f"PostgreSQL error {sqlstate}: {message}", sqlstate=sqlstate,
+                         connection_lost=lost)
+
+
+def _discard_after(exc: BaseException) -> bool:
+    # Errors of this package leave the connection usable, except a lost connection.
+    # Anything else (KeyboardInterrupt in the middle of a message) leaves it unknown.
+    if isinstance(exc, DatabaseError):
+        return exc.connection_lost
+    return not isinstance(exc, FraudScoreError)
+
+
+class Database:
+    """Pooled connections to the audit database, created once per process."""
+
+    def __init__(self, address: DatabaseAddress, pool: ConnectionPool[Any]) -> None:
+        self.address = address
+        self.pool = pool
+
+    @property
+    def dialect(self) -> Dialect:
+        return self.address.dialect
+
+    @contextmanager
+    def connection(self) -> Iterator[tuple[Connection, bool]]:
+        """Lend a connection; yields it and whether it had been used before.
+
+        A connection that was left inside a transaction (a ROLLBACK that failed) is
+        closed on return, as is one whose error marks it lost.
+        """
+        with self.pool.connection(discard_on=_discard_after) as checkout:
+            connection = checkout.connection
+            yield connection, checkout.reused
+            if connection.in_transaction:
+                logger.error("audit connection returned inside a transaction; closing it")
+                checkout.broken = True
+
+    def close(self) -> None:
+        """Close the idle connections (the process is shutting down)."""
+        self.pool.close()
+
+    def __repr__(self) -> str:
+        return f"Database({self.address.render()})"
+
+
+def open_audit_database(settings: Settings, secrets_client: Any = None) -> Database:
+    """Create the process-wide audit database from settings.
+
+    Reads the Secrets Manager secret when one is configured; connects on first use.
+
+    Raises
+    ------
+    ConfigurationError
+        If the URL, the secret or the settings are invalid.
+    """
+    credentials = None
+    if settings.database_secret_arn:
+        if not settings.database_host:
+            raise ConfigurationError(
+                f"{Env.DATABASE_HOST} is required with {Env.DATABASE_SECRET_ARN}"
+            )
+        credentials = SecretCredentials(settings.database_secret_arn, secrets_client)
+        # Read now, so a missing or malformed secret fails the container's start (and
+        # shows on /health) instead of its first request.
+        secret = credentials.get()
+        address = DatabaseAddress("postgresql", settings.database_name,
+                                  host=settings.database_host, port=settings.database_port,
+                                  user=secret["username"])
+    else:
+        address = parse_database_url(settings.database_url)
+
+    if address.dialect == "sqlite":
+        database = Database(address, ConnectionPool(
+            lambda: _connect_sqlite(address, settings.database_connect_timeout_seconds),
+            SqliteConnection.close,
+            size=settings.database_pool_size,
+            max_overflow=settings.database_max_overflow,
+            timeout_seconds=settings.database_pool_timeout_seconds,
+        ))
+    else:
+        ssl_context = ssl.create_default_context() if settings.database_ssl else None
+        database = Database(address, ConnectionPool(
+            lambda: _connect_postgres(address, credentials, ssl_context,
+                                      settings.database_connect_timeout_seconds),
+            PostgresConnection.close,
+            size=settings.database_pool_size,
+            max_overflow=settings.database_max_overflow,
+            timeout_seconds=settings.database_pool_timeout_seconds,
+            recycle_seconds=RECYCLE_SECONDS,
+        ))
+    logger.info("audit database configured: %s", address.render())
+    return database
+
+
+def open_database_url(url: str, **settings: Any) -> Database:
+    """Open a database from a URL with default pool settings (tools and tests)."""
+    return open_audit_database(Settings.from_env({}, database_url=url, **settings))
+
+
+def _connect_sqlite(address: DatabaseAddress, timeout: float) -> SqliteConnection:
+    try:
+        raw = sqlite3.connect(address.database, timeout=timeout, check_same_thread=False,
+                              isolation_level=None)
+        # WAL lets readers (health checks, operators) run beside the writer.
+        raw.execute("PRAGMA journal_mode=WAL")
+        raw.execute("PRAGMA synchronous=NORMAL")
+    except sqlite3.Error as exc:
+        raise DatabaseError(f"cannot open SQLite database {address.database}: {exc}",
+                            connection_lost=True) from exc
+    return SqliteConnection(raw)
+
+
+def _connect_postgres(
+    address: DatabaseAddress,
+    credentials: SecretCredentials | None,
+    ssl_context: ssl.SSLContext | None,
+    timeout: float,
+) -> PostgresConnection:
+    import pg8000.exceptions
+    import pg8000.native
+
+    def connect(user: str | None, password: str | None) -> PostgresConnection:
+        try:
+            raw = pg8000.native.Connection(
+                user, host=address.host, port=address.port, database=address.database,
+                password=password, ssl_context=ssl_context, timeout=timeout,
+                application_name="fraudscore",
+            )
+        except pg8000.exceptions.DatabaseError as exc:
+            raise _postgres_error(exc) from exc
+        except (pg8000.exceptions.InterfaceError, OSError) as exc:
+            raise DatabaseError(
+                f"cannot connect to PostgreSQL at {address.host}:{address.port}: "
+                f"{type(exc).__name__}: {exc}", connection_lost=True,
+            ) from exc
+        connection = PostgresConnection(raw)
+        try:
+            check_server_quoting(raw.parameter_statuses)
+        except DatabaseError:
+            connection.close()
+            raise
+        return connection
+
+    if credentials is None:
+        return connect(address.user, address.password)
+    secret = credentials.get()
+    try:
+        return connect(secret["username"], secret["password"])
+    except DatabaseError as exc:
+        if exc.sqlstate != INVALID_PASSWORD:
+            raise
+    logger.warning("database rejected the cached password; reading secret %s again",
+                   credentials.secret_arn)
+    secret = credentials.refresh()
+    return connect(secret["username"], secret["password"])

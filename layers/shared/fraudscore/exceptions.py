@@ -52,3 +52,19 @@ class IdempotencyConflictError(FraudScoreError):
     def __init__(self, transaction_id: str, message: str) -> None:
         super().__init__(message)
         self.transaction_id = transaction_id
+
+
+class DatabaseError(FraudScoreError):
+    """A database statement or connection failed.
+
+    ``sqlstate`` is PostgreSQL's five-character error code when the server answered,
+    else None. ``connection_lost`` is True when the connection can no longer be used
+    (network error, server restart), so a retry on a new connection may succeed.
+    """
+
+    def __init__(
+        self, message: str, *, sqlstate: str | None = None, connection_lost: bool = False
+    ) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+        self.connection_lost = connection_lost

@@ -1,7 +1,7 @@
 """Per-process runtime: settings, the loaded bundle, stage-2 client and audit store.
 
 Built once per process (one Lambda container or one uvicorn worker) and reused by
-every request, so no engine, client or model is created per request.
+every request, so no connection pool, client or model is created per request.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from fraudscore.audit_fallback import AuditFallback, SpoolFallback, SqsFallback
 from fraudscore.breaker import CircuitBreaker
 from fraudscore.bundle import Bundle, load_bundle
 from fraudscore.bundle_refresh import BundleWatcher
-from fraudscore.database import create_audit_engine
+from fraudscore.database import open_audit_database
 from fraudscore.exceptions import FraudScoreError
 from fraudscore.service import DecisionService
 from fraudscore.settings import Settings, Stage2Mode
@@ -56,7 +56,7 @@ class Runtime:
         runtime = cls(settings=settings)
         try:
             if settings.audit_enabled:
-                runtime.audit = AuditStore(create_audit_engine(settings, secrets_client))
+                runtime.audit = AuditStore(open_audit_database(settings, secrets_client))
             bundle = load_bundle(open_store(settings.model_uri, s3_client=s3_client))
             runtime.service = DecisionService(
                 bundle,

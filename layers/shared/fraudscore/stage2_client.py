@@ -162,8 +162,9 @@ def make_lambda_client(
     *, connect_timeout: float, read_timeout: float, endpoint_url: str | None = None
 ) -> Any:
     """Create a Lambda client with retries disabled and explicit timeouts."""
-    import boto3
     from botocore.config import Config
+
+    from fraudscore.aws_clients import create_client
 
     config = Config(
         connect_timeout=connect_timeout,
@@ -172,7 +173,7 @@ def make_lambda_client(
         retries={"total_max_attempts": 1, "mode": "standard"},
         tcp_keepalive=True,
     )
-    return boto3.client("lambda", endpoint_url=endpoint_url, config=config)
+    return create_client("lambda", endpoint_url=endpoint_url, config=config)
 
 
 def _parse_probabilities(body: Any, *, expected_rows: int) -> np.ndarray:

@@ -122,9 +122,9 @@ def open_store(uri: str, *, s3_client: Any = None) -> BundleStore:
 
     bucket, prefix = parse_s3_uri(uri)
     if s3_client is None:
-        import boto3
+        from fraudscore.aws_clients import create_client
 
-        s3_client = boto3.client("s3")
+        s3_client = create_client("s3")
     store = S3Store(bucket, prefix, s3_client)
     if store.exists("manifest.json"):
         return store

@@ -1,0 +1,77 @@
+"""Audit writes cost one round trip to PostgreSQL per decision, and a few per batch."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from fraudscore.audit import AuditRecord, AuditStore, create_schema
+from fraudscore.database import open_database_url
+
+pytestmark = pytest.mark.postgres
+
+
+def _record(transaction_id: str) -> AuditRecord:
+    return AuditRecord(
+        decision_id=uuid.uuid4().hex, request_id="round-trips", transaction_id=transaction_id,
+        decided_at=datetime.now(UTC), features={"TX_AMOUNT": 10.0}, features_sha256="a" * 64,
+        stage1_probability=0.1, stage2_probability=None, final_probability=0.1,
+        is_fraud=False, stage="stage1", model_version="test", latency_ms=0.5,
+    )
+
+
+@pytest.fixture
+def store(postgres_database_url: str) -> Iterator[AuditStore]:
+    create_schema(postgres_database_url)
+    store = AuditStore(open_database_url(postgres_database_url))
+    store.write([_record("warm-up")])  # opens the pooled connection
+    yield store
+    store.close()
+
+
+def _count_round_trips(store: AuditStore) -> list[int]:
+    """Count pg8000's waits for a server answer on the store's pooled connection."""
+    calls = [0]
+    with store.database.connection() as (connection, _reused):
+        raw: Any = connection.raw  # type: ignore[attr-defined]
+    original = raw.handle_messages
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        return original(*args, **kwargs)
+
+    raw.handle_messages = counted
+    return calls
+
+
+def test_single_decision_one_round_trip(store: AuditStore) -> None:
+    calls = _count_round_trips(store)
+
+    store.write([_record("single")])
+
+    assert calls[0] == 1
+    assert store.count() == 2
+
+
+def test_repeat_two_round_trips(store: AuditStore) -> None:
+    first = _record("again")
+    store.write([first])
+    calls = _count_round_trips(store)
+
+    repeats = store.write([_record("again")])
+
+    assert calls[0] == 2  # the INSERT that skipped the row, then the SELECT of the stored one
+    assert [stored.decision_id for stored in repeats.values()] == [first.decision_id]
+
+
+def test_batch_three_round_trips(store: AuditStore) -> None:
+    calls = _count_round_trips(store)
+
+    store.write([_record(f"batch-{i}") for i in range(1000)])
+
+    assert calls[0] == 3  # BEGIN, one multi-row INSERT, COMMIT
+    assert store.count() == 1001
