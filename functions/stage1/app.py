@@ -1,8 +1,8 @@
 """Stage-1 Lambda function: the scoring API (FastAPI), served through Mangum.
 
 Locally the same ``app`` runs under uvicorn: ``uvicorn functions.stage1.app:app``.
-The bundle and the audit engine are loaded once, when the module is imported (the
-Lambda init phase), and reused by every invocation of the container.
+The bundle and the audit connection pool are created once, when the module is imported
+(the Lambda init phase), and reused by every invocation of the container.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ def store(postgres_database_url: str) -> Iterator[AuditStore]:
 
 
 def _count_round_trips(store: AuditStore) -> list[int]:
-    """Count pg8000's waits for a server answer on the store's pooled connection."""
+    """Count pg8000's waits for a server response on the store's pooled connection."""
     calls = [0]
     with store.database.connection() as (connection, _reused):
         raw: Any = connection.raw  # type: ignore[attr-defined]

@@ -322,9 +322,9 @@ def _select_by_keys(connection: Connection, keys: list[str]) -> dict[str, AuditR
 
 def schema_statements(dialect: str) -> list[str]:
     """Return the statements that create the audit table and its indexes if missing."""
-    which = 0 if dialect == "postgresql" else 1
+    type_index = 0 if dialect == "postgresql" else 1
     columns = ",\n    ".join(
-        f"{name} {_COLUMN_TYPES[name][which]}{'' if name in _NULLABLE else ' NOT NULL'}"
+        f"{name} {_COLUMN_TYPES[name][type_index]}{'' if name in _NULLABLE else ' NOT NULL'}"
         for name in COLUMNS
     )
     statements = [f"CREATE TABLE IF NOT EXISTS {TABLE} (\n    {columns}\n)"]

@@ -49,7 +49,7 @@ RECYCLE_SECONDS = 300.0
 
 @dataclass(frozen=True)
 class DatabaseAddress:
-    """Where the audit database is: a PostgreSQL server or a SQLite file."""
+    """Location of the audit database: a PostgreSQL server or a SQLite file."""
 
     dialect: Dialect
     database: str
@@ -122,7 +122,7 @@ def parse_database_url(url: str) -> DatabaseAddress:
 
 
 class Connection(Protocol):
-    """What the audit store needs from a connection of either dialect."""
+    """Connection interface the audit store uses, for either dialect."""
 
     def query(self, template: str, params: Mapping[str, Any] | None = None) -> Rows:
         """Run one statement with ``:name`` placeholders; return its rows (or [])."""

@@ -6,10 +6,10 @@ Two servers run on 127.0.0.1:
   handler, ``functions/stage2/handler.py``, in a child process;
 * stage 1, ``functions/stage1/app.py``, under uvicorn, with ``STAGE2_MODE=lambda`` and
   ``STAGE2_ENDPOINT_URL`` pointing at that endpoint, so escalations go through the same
-  boto3 Lambda client as in AWS.
+  botocore Lambda client as in AWS.
 
 AWS credentials and region get dummy values when none are set, and ``AWS_ENDPOINT_URL``
-defaults to the local endpoint, so a boto3 client the service creates sends its requests
+defaults to the local endpoint, so any AWS client the service creates sends its requests
 to 127.0.0.1, never to AWS.
 """
 
@@ -68,7 +68,7 @@ def configure_environment(
     os.environ["STAGE2_FUNCTION_NAME"] = function_name
     os.environ["STAGE2_ENDPOINT_URL"] = lambda_url
 
-    # Keep every boto3 call on this machine: dummy credentials (so nothing is looked up
+    # Keep every AWS call on this machine: dummy credentials (so nothing is looked up
     # in the instance metadata service), a region, and the local endpoint for any service.
     if not os.environ.get("AWS_ACCESS_KEY_ID"):
         os.environ["AWS_ACCESS_KEY_ID"] = "local"
