@@ -2,7 +2,9 @@
 
 uvicorn serves ``functions.stage1.app:app`` with one worker per core and the access log
 off. The reference app (``benchmarks.reference_app:app``) is served the same way and
-writes its own audit rows to the same database. The load generator is wrk (one thread,
+writes its own audit rows to the same database. The two servers take turns, never
+running at once, for ``server_rounds`` rounds; each figure is the median round, because
+the rates of a shared machine move between runs. The load generator is wrk (one thread,
 one connection per concurrent client, for a fixed time per concurrency level) when it is
 on PATH, and otherwise an async ``httpx.AsyncClient`` in this process, which sends a fixed
 number of requests. Both count every non-200 response and every socket error. The load
@@ -133,49 +135,71 @@ def run(workspace: Workspace) -> list[Figure]:
         "REFERENCE_MODEL_PATH": str(workspace.reference_path),
         "REFERENCE_DATABASE_URL": workspace.database_url,
     }
-    results = {}
-    for name, target, environment in (
-        ("service", "functions.stage1.app:app", service_env),
-        ("reference", "benchmarks.reference_app:app", reference_env),
-    ):
-        with _server(target, environment, workers, workspace.work / f"{name}-server.log") as url:
-            asyncio.run(_drive(url, warmup, concurrency=4 * workers, total=WARMUP_REQUESTS))
-            asyncio.run(_drive(url, bodies, concurrency=4 * workers, total=WARMUP_REQUESTS))
-            for concurrency in CONCURRENCY:
-                if wrk:
-                    result = _drive_wrk(wrk, url, script, bodies_file, concurrency=concurrency,
-                                        seconds=workspace.mode.server_seconds)
-                else:
-                    result = asyncio.run(_drive(url, bodies, concurrency=concurrency,
-                                                total=workspace.mode.server_requests))
-                results[(name, concurrency)] = result
-                logger.info("%s at concurrency %d (%s): %.0f req/s, %d errors", name,
-                            concurrency, generator, result.per_second, result.errors)
+    rounds: dict[tuple[str, int], list[LoadResult]] = {}
+    for round_number in range(1, workspace.mode.server_rounds + 1):
+        for name, target, environment in (
+            ("service", "functions.stage1.app:app", service_env),
+            ("reference", "benchmarks.reference_app:app", reference_env),
+        ):
+            log = workspace.work / f"{name}-server-{round_number}.log"
+            with _server(target, environment, workers, log) as url:
+                asyncio.run(_drive(url, warmup, concurrency=4 * workers, total=WARMUP_REQUESTS))
+                asyncio.run(_drive(url, bodies, concurrency=4 * workers, total=WARMUP_REQUESTS))
+                for concurrency in CONCURRENCY:
+                    if wrk:
+                        result = _drive_wrk(wrk, url, script, bodies_file,
+                                            concurrency=concurrency,
+                                            seconds=workspace.mode.server_seconds)
+                    else:
+                        result = asyncio.run(_drive(url, bodies, concurrency=concurrency,
+                                                    total=workspace.mode.server_requests))
+                    rounds.setdefault((name, concurrency), []).append(result)
+                    logger.info("round %d, %s at concurrency %d (%s): %.0f req/s, %d errors",
+                                round_number, name, concurrency, generator,
+                                result.per_second, result.errors)
 
     figures = []
     for concurrency in CONCURRENCY:
-        ours, theirs = results[("service", concurrency)], results[("reference", concurrency)]
+        ours_rounds = rounds[("service", concurrency)]
+        theirs_rounds = rounds[("reference", concurrency)]
+        ours, theirs = _median_round(ours_rounds), _median_round(theirs_rounds)
         figure = Figure(
             GROUP, f"POST /predict, concurrency {concurrency}, {workers} workers", "req/s",
             ours.per_second, runs=ours.requests, reference=theirs.per_second,
             higher_is_better=True,
-            note=f"{generator}; latency median {ours.latency_median_ms:.1f} ms, p99 "
-                 f"{ours.latency_p99_ms:.1f} ms; errors {ours.errors} (reference "
-                 f"{theirs.errors}); reference latency median "
+            note=f"{generator}; median of {len(ours_rounds)} round(s): "
+                 f"{_rates(ours_rounds)} against {_rates(theirs_rounds)} req/s; latency "
+                 f"median {ours.latency_median_ms:.1f} ms, p99 {ours.latency_p99_ms:.1f} ms; "
+                 f"errors {sum(r.errors for r in ours_rounds)} (reference "
+                 f"{sum(r.errors for r in theirs_rounds)}); reference latency median "
                  f"{theirs.latency_median_ms:.1f} ms",
             extra={"load_generator": generator,
                    "latency_median_ms": ours.latency_median_ms,
                    "latency_p99_ms": ours.latency_p99_ms,
-                   "errors": ours.errors, "reference_errors": theirs.errors,
+                   "round_rates": [r.per_second for r in ours_rounds],
+                   "reference_round_rates": [r.per_second for r in theirs_rounds],
+                   "errors": sum(r.errors for r in ours_rounds),
+                   "reference_errors": sum(r.errors for r in theirs_rounds),
                    "reference_requests": theirs.requests,
                    "reference_latency_median_ms": theirs.latency_median_ms,
                    "reference_latency_p99_ms": theirs.latency_p99_ms},
         )
         if concurrency == TARGET_CONCURRENCY:
             figure.target = f">= {MIN_SPEEDUP:.0f}x reference, zero errors"
-            figure.met = (figure.ratio or 0) >= MIN_SPEEDUP and ours.errors == 0
+            figure.met = ((figure.ratio or 0) >= MIN_SPEEDUP
+                          and sum(r.errors for r in ours_rounds) == 0)
         figures.append(figure)
     return figures
+
+
+def _median_round(results: list[LoadResult]) -> LoadResult:
+    """Return the round with the median rate (the lower middle one for an even count)."""
+    ordered = sorted(results, key=lambda result: result.per_second)
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def _rates(results: list[LoadResult]) -> str:
+    return "/".join(f"{result.per_second:.0f}" for result in results)
 
 
 def _free_port() -> int:

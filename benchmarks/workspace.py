@@ -51,6 +51,8 @@ class Mode:
     server_requests: int
     # Seconds per load level when wrk drives the server (httpx sends server_requests).
     server_seconds: float
+    # Rounds of (service, reference) servers; each figure is the median over rounds.
+    server_rounds: int
     batch_sizes: tuple[int, ...]
     batch_repeats: int
     sample_rows: int
@@ -60,11 +62,12 @@ class Mode:
 
 SMOKE = Mode("smoke", scoring_runs=2_000, reference_scoring_runs=200, handler_runs=200,
              reference_handler_runs=100, database_runs=100, cold_runs=1, server_requests=64,
-             server_seconds=2.0, batch_sizes=(1_000,), batch_repeats=2, sample_rows=2_000,
+             server_seconds=2.0, server_rounds=1, batch_sizes=(1_000,), batch_repeats=2,
+             sample_rows=2_000,
              train_days=7)
 FULL = Mode("full", scoring_runs=100_000, reference_scoring_runs=5_000, handler_runs=5_000,
             reference_handler_runs=2_000, database_runs=2_000, cold_runs=5, server_requests=3_000,
-            server_seconds=10.0, batch_sizes=(1_000, 10_000), batch_repeats=5,
+            server_seconds=10.0, server_rounds=3, batch_sizes=(1_000, 10_000), batch_repeats=5,
             sample_rows=20_000, train_days=None)
 
 
