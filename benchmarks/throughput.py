@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -99,10 +100,16 @@ class LoadResult:
     latency_median_ms: float
     latency_p99_ms: float
     errors: int
+    # CPU seconds used meanwhile by the uvicorn processes and by PostgreSQL (Linux only).
+    server_cpu_seconds: float | None = None
+    database_cpu_seconds: float | None = None
 
     @property
     def per_second(self) -> float:
         return self.requests / self.seconds
+
+    def cpu_us_per_request(self, seconds: float | None) -> float | None:
+        return None if seconds is None else seconds / self.requests * 1e6
 
 
 def run(workspace: Workspace) -> list[Figure]:
@@ -142,10 +149,11 @@ def run(workspace: Workspace) -> list[Figure]:
             ("reference", "benchmarks.reference_app:app", reference_env),
         ):
             log = workspace.work / f"{name}-server-{round_number}.log"
-            with _server(target, environment, workers, log) as url:
+            with _server(target, environment, workers, log) as (url, pid):
                 asyncio.run(_drive(url, warmup, concurrency=4 * workers, total=WARMUP_REQUESTS))
                 asyncio.run(_drive(url, bodies, concurrency=4 * workers, total=WARMUP_REQUESTS))
                 for concurrency in CONCURRENCY:
+                    server_before, database_before = _tree_cpu_seconds(pid), _postgres_cpu_seconds()
                     if wrk:
                         result = _drive_wrk(wrk, url, script, bodies_file,
                                             concurrency=concurrency,
@@ -153,6 +161,9 @@ def run(workspace: Workspace) -> list[Figure]:
                     else:
                         result = asyncio.run(_drive(url, bodies, concurrency=concurrency,
                                                     total=workspace.mode.server_requests))
+                    result.server_cpu_seconds = _difference(_tree_cpu_seconds(pid), server_before)
+                    result.database_cpu_seconds = _difference(_postgres_cpu_seconds(),
+                                                              database_before)
                     rounds.setdefault((name, concurrency), []).append(result)
                     logger.info("round %d, %s at concurrency %d (%s): %.0f req/s, %d errors",
                                 round_number, name, concurrency, generator,
@@ -189,7 +200,73 @@ def run(workspace: Workspace) -> list[Figure]:
             figure.met = ((figure.ratio or 0) >= MIN_SPEEDUP
                           and sum(r.errors for r in ours_rounds) == 0)
         figures.append(figure)
+        figures.extend(_cpu_figures(concurrency, workers, ours_rounds, theirs_rounds))
     return figures
+
+
+def _cpu_figures(concurrency: int, workers: int, ours: list[LoadResult],
+                 theirs: list[LoadResult]) -> list[Figure]:
+    """CPU time per request of the uvicorn processes and of PostgreSQL, medians over rounds.
+
+    Unlike requests per second, these do not depend on how the kernel spreads the
+    connections over the workers or on what else the machine runs meanwhile.
+    """
+    figures = []
+    for label, attribute in (("uvicorn workers", "server_cpu_seconds"),
+                             ("PostgreSQL server", "database_cpu_seconds")):
+        ours_values = [r.cpu_us_per_request(getattr(r, attribute)) for r in ours]
+        theirs_values = [r.cpu_us_per_request(getattr(r, attribute)) for r in theirs]
+        ours_known = [value for value in ours_values if value is not None]
+        theirs_known = [value for value in theirs_values if value is not None]
+        if len(ours_known) < len(ours) or len(theirs_known) < len(theirs):
+            continue
+        figures.append(Figure(
+            GROUP, f"CPU per request, {label}, concurrency {concurrency}, {workers} workers",
+            "us", statistics.median(ours_known), runs=len(ours),
+            reference=statistics.median(theirs_known),
+            note="user + system time from /proc during the load level, per completed request",
+        ))
+    return figures
+
+
+def _tree_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of ``pid`` and its descendants so far, or None off Linux."""
+    try:
+        pending, total = [pid], 0.0
+        while pending:
+            current = pending.pop()
+            total += _process_cpu_seconds(current)
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+            pending.extend(int(child) for child in children)
+    except (OSError, ValueError):
+        return None
+    return total
+
+
+def _postgres_cpu_seconds() -> float | None:
+    """User + system CPU seconds of every process named ``postgres`` so far, or None."""
+    total, found = 0.0, False
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "comm").read_text().strip() != "postgres":
+                continue
+            total += _process_cpu_seconds(int(entry.name))
+            found = True
+        except (OSError, ValueError):
+            continue  # the process ended meanwhile
+    return total if found else None
+
+
+def _process_cpu_seconds(pid: int) -> float:
+    # Fields 14 and 15 of /proc/PID/stat, counted after the parenthesized command name.
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _difference(after: float | None, before: float | None) -> float | None:
+    return None if after is None or before is None else after - before
 
 
 def _median_round(results: list[LoadResult]) -> LoadResult:
@@ -209,8 +286,9 @@ def _free_port() -> int:
 
 
 @contextmanager
-def _server(target: str, environment: dict[str, str], workers: int, log: Path) -> Iterator[str]:
-    """Run uvicorn on a free 127.0.0.1 port until the block ends; yield its base URL."""
+def _server(target: str, environment: dict[str, str], workers: int,
+            log: Path) -> Iterator[tuple[str, int]]:
+    """Run uvicorn on a free 127.0.0.1 port until the block ends; yield its URL and PID."""
     port = _free_port()
     command = [sys.executable, "-m", "uvicorn", target, "--host", "127.0.0.1",
                "--port", str(port), "--workers", str(workers), "--no-access-log",
@@ -224,7 +302,7 @@ def _server(target: str, environment: dict[str, str], workers: int, log: Path) -
         url = f"http://127.0.0.1:{port}"
         try:
             _wait_ready(url, process, log)
-            yield url
+            yield url, process.pid
         finally:
             process.terminate()
             try:
