@@ -55,8 +55,8 @@ def test_rejected_password_rereads_secret(monkeypatch: pytest.MonkeyPatch) -> No
     server = FakeServer(accepted="new-password")
     monkeypatch.setattr(pg8000.native, "Connection", server.connect)
 
-    first = _connect_postgres(ADDRESS, credentials, None, 5.0)
-    second = _connect_postgres(ADDRESS, credentials, None, 5.0)
+    first = _connect_postgres(ADDRESS, credentials, False, 5.0)
+    second = _connect_postgres(ADDRESS, credentials, False, 5.0)
 
     assert first.raw is not None
     assert second.raw is not None
@@ -70,7 +70,7 @@ def test_other_database_errors_are_raised(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(pg8000.native, "Connection", FakeServer(accepted=None).connect)
 
     with pytest.raises(DatabaseError) as raised:
-        _connect_postgres(ADDRESS, credentials, None, 5.0)
+        _connect_postgres(ADDRESS, credentials, False, 5.0)
 
     assert raised.value.sqlstate == "57P03"
     assert client.calls == 1

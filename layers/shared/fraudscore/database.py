@@ -300,7 +300,11 @@ def open_audit_database(settings: Settings, secrets_client: Any = None) -> Datab
             timeout_seconds=settings.database_pool_timeout_seconds,
         ))
     else:
-        ssl_context = ssl.create_default_context() if settings.database_ssl else None
+        # False, not None: pg8000 takes None as "try TLS without verifying the server,
+        # fall back to plain text", which costs a round trip and a CA bundle load.
+        ssl_context: ssl.SSLContext | bool = (
+            ssl.create_default_context() if settings.database_ssl else False
+        )
         database = Database(address, ConnectionPool(
             lambda: _connect_postgres(address, credentials, ssl_context,
                                       settings.database_connect_timeout_seconds),
@@ -335,7 +339,7 @@ def _connect_sqlite(address: DatabaseAddress, timeout: float) -> SqliteConnectio
 def _connect_postgres(
     address: DatabaseAddress,
     credentials: SecretCredentials | None,
-    ssl_context: ssl.SSLContext | None,
+    ssl_context: ssl.SSLContext | bool,
     timeout: float,
 ) -> PostgresConnection:
     import pg8000.exceptions
