@@ -244,7 +244,12 @@ def _tree_cpu_seconds(pid: int) -> float | None:
 
 
 def _postgres_cpu_seconds() -> float | None:
-    """User + system CPU seconds of every process named ``postgres`` so far, or None."""
+    """User + system CPU seconds of the PostgreSQL server so far, or None.
+
+    Backends come and go as clients connect, so the sum covers the live ``postgres``
+    processes plus the CPU of the ended ones, which the postmaster reaped and the kernel
+    added to its children's times.
+    """
     total, found = 0.0, False
     for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
         if not entry.name.isdigit():
@@ -252,17 +257,21 @@ def _postgres_cpu_seconds() -> float | None:
         try:
             if (entry / "comm").read_text().strip() != "postgres":
                 continue
-            total += _process_cpu_seconds(int(entry.name))
+            total += _process_cpu_seconds(int(entry.name), with_reaped_children=True)
             found = True
         except (OSError, ValueError):
             continue  # the process ended meanwhile
     return total if found else None
 
 
-def _process_cpu_seconds(pid: int) -> float:
-    # Fields 14 and 15 of /proc/PID/stat, counted after the parenthesized command name.
+def _process_cpu_seconds(pid: int, *, with_reaped_children: bool = False) -> float:
+    # Fields 14-17 of /proc/PID/stat (utime, stime, cutime, cstime), counted after the
+    # parenthesized command name.
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    ticks = int(fields[11]) + int(fields[12])
+    if with_reaped_children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _difference(after: float | None, before: float | None) -> float | None:
