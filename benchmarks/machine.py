@@ -11,8 +11,8 @@ from typing import Any
 
 PACKAGES = (
     "numpy", "scipy", "pandas", "scikit-learn", "xgboost-cpu", "joblib", "fastapi",
-    "starlette", "pydantic", "mangum", "uvicorn", "httpx", "SQLAlchemy", "pg8000",
-    "aws-lambda-powertools",
+    "starlette", "pydantic", "mangum", "uvicorn", "uvloop", "httptools", "httpx", "SQLAlchemy",
+    "pg8000", "aws-lambda-powertools",
 )
 
 
