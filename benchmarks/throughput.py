@@ -119,8 +119,8 @@ def run(workspace: Workspace) -> list[Figure]:
                        note="skipped: PostgreSQL not reachable")]
     workers = os.cpu_count() or 1
     bodies = [json.dumps({"features": row}).encode() for row in workspace.sample]
-    # Each worker loads the booster on its first escalated request and blocks meanwhile,
-    # so the warm-up sends uncertain transactions on several connections first.
+    # The warm-up sends uncertain transactions first, so both apps have run stage 2 in
+    # every worker before the measured levels (the reference loads lazily).
     uncertain = workspace.examples.get("uncertain") or workspace.sample[0]
     warmup = [json.dumps({"features": uncertain}).encode()]
     wrk = shutil.which("wrk")

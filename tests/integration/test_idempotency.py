@@ -109,6 +109,22 @@ def test_batch_conflict_names_position(make_client, database_url, examples) -> N
     assert "transactions[1]" in response.json()["detail"]
 
 
+def test_duplicate_in_batch_names_second(make_client, database_url, examples) -> None:  # type: ignore[no-untyped-def]
+    client = make_client(database_url=database_url)
+    batch = {"transactions": [
+        {"transaction_id": "dup-a", "features": examples["uncertain"]},
+        {"transaction_id": "dup-b", "features": examples["uncertain"]},
+        {"transaction_id": "dup-a", "features": examples["confident_genuine"]},
+    ]}
+
+    response = client.post("/predict/batch", json=batch)
+
+    assert response.status_code == 409
+    assert "transactions[2]" in response.json()["detail"]
+    assert _rows(database_url, "dup-a") == 0
+    assert _rows(database_url, "dup-b") == 0
+
+
 def test_repeat_not_counted_as_decision(  # type: ignore[no-untyped-def]
     make_client, database_url, examples, capsys
 ) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from tests.conftest import CAPTURED_OUTPUT, DATABASE_PASSWORD
+from tests.conftest import CAPTURED_OUTPUT, DATABASE_PASSWORD, TEST_DATABASE_ENV
 
 
 @pytest.mark.runs_last
@@ -12,7 +14,10 @@ def test_password_absent_from_captured_logs() -> None:
     text = "\n".join(CAPTURED_OUTPUT)
 
     assert len(text) > 10_000, "too little output was captured for the check to mean anything"
-    assert "audit database configured: postgresql://postgres:***@" in text
+    assert "audit database configured: " in text
+    if os.environ.get(TEST_DATABASE_ENV):
+        # The PostgreSQL tests ran, so the password was in use and masked in the log.
+        assert "audit database configured: postgresql://postgres:***@" in text
     assert DATABASE_PASSWORD not in text
 
 

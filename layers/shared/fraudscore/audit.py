@@ -268,6 +268,7 @@ class AuditStore:
                 conflicts[0].transaction_id,
                 f"transaction_id {conflicts[0].transaction_id!r} was already scored with "
                 "different features; use a new transaction_id",
+                decision_id=conflicts[0].decision_id,
             )
         if conflicts:
             logger.error("storing %d replayed record(s) as idempotency conflicts: %s",

@@ -83,14 +83,15 @@ def parse_database_url(url: str) -> DatabaseAddress:
     parts = urlsplit(url)
     dialect = _SCHEMES.get(parts.scheme.lower())
     if dialect is None:
+        scheme = f"{parts.scheme}://..." if parts.scheme else repr(url)
         raise ConfigurationError(
-            f"{Env.DATABASE_URL} must start with postgresql:// or sqlite:///, got "
-            f"{parts.scheme or url!r}://..."
+            f"{Env.DATABASE_URL} must start with postgresql:// or sqlite:///, got {scheme}"
         )
     if parts.query:
         raise ConfigurationError(
             f"{Env.DATABASE_URL} must not have query parameters ({parts.query.split('=')[0]}"
-            f"=...); use {Env.DATABASE_SSL} for TLS"
+            f"=...); set TLS with {Env.DATABASE_SSL} and timeouts with "
+            f"{Env.DATABASE_CONNECT_TIMEOUT_SECONDS}"
         )
     if dialect == "sqlite":
         path = unquote(parts.path[1:]) if parts.path.startswith("/") else ""

@@ -47,11 +47,19 @@ class AuditError(FraudScoreError):
 
 
 class IdempotencyConflictError(FraudScoreError):
-    """A transaction id was reused with different features."""
+    """A transaction id was reused with different features.
 
-    def __init__(self, transaction_id: str, message: str) -> None:
+    ``decision_id`` names the rejected record; ``row`` is its position in the request,
+    when the caller knows it.
+    """
+
+    def __init__(
+        self, transaction_id: str, message: str, *, decision_id: str | None = None
+    ) -> None:
         super().__init__(message)
         self.transaction_id = transaction_id
+        self.decision_id = decision_id
+        self.row: int | None = None
 
 
 class DatabaseError(FraudScoreError):

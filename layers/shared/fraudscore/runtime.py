@@ -112,9 +112,18 @@ def make_stage2_client(settings: Settings, bundle: Bundle) -> Stage2Client:
             read_timeout=settings.stage2_read_timeout_seconds,
             endpoint_url=settings.stage2_endpoint_url,
         )
-    return InProcessStage2(
+    client = InProcessStage2(
         bundle.stage2_model,
         n_features=len(bundle.schema),
         calibration=bundle.stage2_calibration,
         bundle_version=bundle.version,
     )
+    # Loading takes about a second (the xgboost import). Done here, a uvicorn worker does
+    # it before it reports ready instead of blocking its event loop on the first
+    # escalated request. A failure is raised again by each escalation, which then gets
+    # the stage-2 failure policy, so the process still serves stage-1 decisions.
+    try:
+        client.load()
+    except (ImportError, ValueError) as exc:
+        logger.error("stage-2 model of bundle %s failed to load: %s", bundle.version, exc)
+    return client

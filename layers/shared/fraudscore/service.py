@@ -21,7 +21,7 @@ from fraudscore.audit_fallback import AuditFallback
 from fraudscore.breaker import CircuitBreaker
 from fraudscore.bundle import Bundle
 from fraudscore.decision import Decision, Stage
-from fraudscore.exceptions import AuditError, Stage2Error
+from fraudscore.exceptions import AuditError, IdempotencyConflictError, Stage2Error
 from fraudscore.routing import combine
 from fraudscore.settings import Stage2FailurePolicy
 from fraudscore.stage2_client import Stage2Client
@@ -179,6 +179,10 @@ class DecisionService:
             return {}, None
         try:
             repeats = self.audit.write(records)
+        except IdempotencyConflictError as exc:
+            ids = [record.decision_id for record in records]
+            exc.row = ids.index(exc.decision_id) if exc.decision_id in ids else None
+            raise
         except AuditError as exc:
             if self.fallback is None:
                 raise

@@ -42,7 +42,7 @@ class Stage2Client(Protocol):
 
 
 class InProcessStage2:
-    """Stage 2 in the calling process; loads the booster once, on first use."""
+    """Stage 2 in the calling process; loads the booster once, at ``load()`` or first use."""
 
     def __init__(
         self, model: bytes, *, n_features: int, calibration: Any, bundle_version: str
@@ -61,13 +61,26 @@ class InProcessStage2:
                 "version_mismatch",
                 f"stage 2 serves {self._bundle_version}, request is for {bundle_version}",
             )
+        scorer = self.load()
+        return np.asarray(scorer.probability(features), dtype=np.float64)
+
+    def load(self) -> Any:
+        """Import xgboost and load the booster unless done; return the scorer.
+
+        Raises
+        ------
+        ImportError
+            If xgboost is not installed (the stage-1 Lambda package does not ship it).
+        ValueError
+            If the model cannot be read or expects another number of features.
+        """
         if self._scorer is None:
             from fraudscore.stage2 import BoosterScorer
 
             self._scorer = BoosterScorer.from_bytes(
                 self._model, n_features=self._n_features, calibration=self._calibration
             )
-        return np.asarray(self._scorer.probability(features), dtype=np.float64)
+        return self._scorer
 
 
 class LambdaStage2:

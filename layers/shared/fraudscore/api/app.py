@@ -112,7 +112,7 @@ def with_root_path(app: Any, base_path: str) -> Any:
 
 def _service(runtime: Runtime) -> DecisionService:
     if runtime.service is None:
-        raise ServiceUnavailableError(f"model bundle not loaded: {runtime.load_error}")
+        raise ServiceUnavailableError(f"the service failed to start: {runtime.load_error}")
     return runtime.service
 
 
@@ -141,10 +141,8 @@ def _decide(runtime: Runtime, transactions: list[Transaction], request_id: str) 
             "retry the request"
         ) from exc
     except IdempotencyConflictError as exc:
-        positions = [
-            i for i, t in enumerate(transactions) if t.transaction_id == exc.transaction_id
-        ]
-        where = f" (transactions[{positions[0]}])" if len(transactions) > 1 and positions else ""
+        where = f" (transactions[{exc.row}])" if len(transactions) > 1 and exc.row is not None \
+            else ""
         raise HTTPException(409, f"{exc}{where}") from exc
     _observe(batch)
     return batch
