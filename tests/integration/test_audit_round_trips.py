@@ -75,3 +75,4 @@ def test_batch_three_round_trips(store: AuditStore) -> None:
 
     assert calls[0] == 3  # BEGIN, one multi-row INSERT, COMMIT
     assert store.count() == 1001
+

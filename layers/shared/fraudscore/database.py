@@ -141,10 +141,13 @@ class PostgresConnection:
         self.raw = raw
 
     def query(self, template: str, params: Mapping[str, Any] | None = None) -> Rows:
-        return self.execute(render_statement(template, params or {}))
+        with _unstorable_values():
+            sql = render_statement(template, params or {})
+        return self.execute(sql)
 
     def insert_rows(self, head: str, rows: Sequence[Sequence[Any]], tail: str) -> Rows:
-        values = ", ".join(render_row(row) for row in rows)
+        with _unstorable_values():
+            values = ", ".join(render_row(row) for row in rows)
         return self.execute(f"{head} VALUES {values} {tail}")
 
     def execute(self, sql: str) -> list[tuple[Any, ...]]:
@@ -176,7 +179,8 @@ class SqliteConnection:
         self.raw = raw
 
     def query(self, template: str, params: Mapping[str, Any] | None = None) -> Rows:
-        values = {name: _sqlite_value(value) for name, value in (params or {}).items()}
+        with _unstorable_values():
+            values = {name: _sqlite_value(value) for name, value in (params or {}).items()}
         return self._run(template, values)
 
     def insert_rows(self, head: str, rows: Sequence[Sequence[Any]], tail: str) -> Rows:
@@ -188,7 +192,9 @@ class SqliteConnection:
         statement = f"{head} VALUES ({placeholders}) {tail}"
         returned: list[tuple[Any, ...]] = []
         for row in rows:
-            returned.extend(self._run(statement, [_sqlite_value(value) for value in row]))
+            with _unstorable_values():
+                values = [_sqlite_value(value) for value in row]
+            returned.extend(self._run(statement, values))
         return returned
 
     def _run(self, statement: str, params: Any) -> list[tuple[Any, ...]]:
@@ -206,6 +212,15 @@ class SqliteConnection:
 
     def close(self) -> None:
         self.raw.close()
+
+
+@contextmanager
+def _unstorable_values() -> Iterator[None]:
+    """Turn a value that cannot be written (NaN, NUL, an unknown type) into DatabaseError."""
+    try:
+        yield
+    except (TypeError, ValueError) as exc:
+        raise DatabaseError(f"a value cannot be stored: {exc}") from exc
 
 
 def _sqlite_value(value: Any) -> Any:
