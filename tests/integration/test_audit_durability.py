@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import logging
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, make_url, text
 
-from fraudscore.audit import create_schema
+from fraudscore.audit import AuditRecord, AuditStore, create_schema
 from fraudscore.audit_replay import replay_spool
+from fraudscore.database import open_database_url
 from tests.tcp_proxy import CuttableProxy
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -98,3 +102,36 @@ def test_replaying_twice_adds_nothing(  # type: ignore[no-untyped-def]
     assert replayed == 2
     assert count == 1
     direct.dispose()
+
+
+def test_dead_pooled_connection_retried_once(  # type: ignore[no-untyped-def]
+    proxied_database, postgres_database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    database_url, proxy = proxied_database
+    create_schema(postgres_database_url)
+    store = AuditStore(open_database_url(database_url))
+    store.write([_audit_record("before-restart")])
+
+    # The server side of the pooled connection goes away, as on a database restart; new
+    # connections work again at once.
+    proxy.cut()
+    proxy.restore()
+    with caplog.at_level(logging.WARNING, logger="fraudscore.audit"):
+        repeats = store.write([_audit_record("after-restart")])
+    store.close()
+
+    direct = AuditStore(open_database_url(postgres_database_url))
+    stored = direct.count()
+    direct.close()
+    assert repeats == {}
+    assert "retrying once" in caplog.text
+    assert stored == 2
+
+
+def _audit_record(transaction_id: str) -> AuditRecord:
+    return AuditRecord(
+        decision_id=uuid.uuid4().hex, request_id="durability", transaction_id=transaction_id,
+        decided_at=datetime.now(UTC), features={"TX_AMOUNT": 1.0}, features_sha256="c" * 64,
+        stage1_probability=0.1, stage2_probability=None, final_probability=0.1,
+        is_fraud=False, stage="stage1", model_version="test", latency_ms=0.2,
+    )
