@@ -144,9 +144,17 @@ class Settings:
             raise ConfigurationError(
                 f"{Env.MAX_BODY_BYTES} must be positive, got {self.max_body_bytes}"
             )
-        for name in ("stage2_connect_timeout_seconds", "stage2_read_timeout_seconds"):
+        for name in ("stage2_connect_timeout_seconds", "stage2_read_timeout_seconds",
+                     "database_pool_size", "database_pool_timeout_seconds",
+                     "database_connect_timeout_seconds"):
             if getattr(self, name) <= 0:
-                raise ConfigurationError(f"{name.upper()} must be positive")
+                raise ConfigurationError(
+                    f"{name.upper()} must be positive, got {getattr(self, name)}"
+                )
+        if self.database_max_overflow < 0:
+            raise ConfigurationError(
+                f"{Env.DATABASE_MAX_OVERFLOW} must be 0 or more, got {self.database_max_overflow}"
+            )
 
 
 _ENUMS: dict[str, type[StrEnum]] = {
