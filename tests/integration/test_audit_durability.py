@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, make_url, text
 
-from fraudscore.audit import AuditRecord, AuditStore, create_schema
+from fraudscore.audit import AuditStore, create_schema
 from fraudscore.audit_replay import replay_spool
 from fraudscore.database import open_database_url
+from tests.audit_records import make_audit_record
 from tests.tcp_proxy import CuttableProxy
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -110,14 +109,14 @@ def test_dead_pooled_connection_retried_once(  # type: ignore[no-untyped-def]
     database_url, proxy = proxied_database
     create_schema(postgres_database_url)
     store = AuditStore(open_database_url(database_url))
-    store.write([_audit_record("before-restart")])
+    store.write([make_audit_record("before-restart")])
 
     # The server side of the pooled connection goes away, as on a database restart; new
     # connections work again at once.
     proxy.cut()
     proxy.restore()
     with caplog.at_level(logging.WARNING, logger="fraudscore.audit"):
-        repeats = store.write([_audit_record("after-restart")])
+        repeats = store.write([make_audit_record("after-restart")])
     store.close()
 
     direct = AuditStore(open_database_url(postgres_database_url))
@@ -127,11 +126,3 @@ def test_dead_pooled_connection_retried_once(  # type: ignore[no-untyped-def]
     assert "retrying once" in caplog.text
     assert stored == 2
 
-
-def _audit_record(transaction_id: str) -> AuditRecord:
-    return AuditRecord(
-        decision_id=uuid.uuid4().hex, request_id="durability", transaction_id=transaction_id,
-        decided_at=datetime.now(UTC), features={"TX_AMOUNT": 1.0}, features_sha256="c" * 64,
-        stage1_probability=0.1, stage2_probability=None, final_probability=0.1,
-        is_fraud=False, stage="stage1", model_version="test", latency_ms=0.2,
-    )

@@ -2,33 +2,23 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
-from fraudscore.audit import AuditRecord, AuditStore, create_schema
+from fraudscore.audit import AuditStore, create_schema
 from fraudscore.database import open_database_url
+from tests.audit_records import make_audit_record
 
 pytestmark = pytest.mark.postgres
-
-
-def _record(transaction_id: str) -> AuditRecord:
-    return AuditRecord(
-        decision_id=uuid.uuid4().hex, request_id="round-trips", transaction_id=transaction_id,
-        decided_at=datetime.now(UTC), features={"TX_AMOUNT": 10.0}, features_sha256="a" * 64,
-        stage1_probability=0.1, stage2_probability=None, final_probability=0.1,
-        is_fraud=False, stage="stage1", model_version="test", latency_ms=0.5,
-    )
 
 
 @pytest.fixture
 def store(postgres_database_url: str) -> Iterator[AuditStore]:
     create_schema(postgres_database_url)
     store = AuditStore(open_database_url(postgres_database_url))
-    store.write([_record("warm-up")])  # opens the pooled connection
+    store.write([make_audit_record("warm-up")])  # opens the pooled connection
     yield store
     store.close()
 
@@ -51,18 +41,18 @@ def _count_round_trips(store: AuditStore) -> list[int]:
 def test_single_decision_one_round_trip(store: AuditStore) -> None:
     calls = _count_round_trips(store)
 
-    store.write([_record("single")])
+    store.write([make_audit_record("single")])
 
     assert calls[0] == 1
     assert store.count() == 2
 
 
 def test_repeat_two_round_trips(store: AuditStore) -> None:
-    first = _record("again")
+    first = make_audit_record("again")
     store.write([first])
     calls = _count_round_trips(store)
 
-    repeats = store.write([_record("again")])
+    repeats = store.write([make_audit_record("again")])
 
     assert calls[0] == 2  # the INSERT that skipped the row, then the SELECT of the stored one
     assert [stored.decision_id for stored in repeats.values()] == [first.decision_id]
@@ -71,7 +61,7 @@ def test_repeat_two_round_trips(store: AuditStore) -> None:
 def test_batch_three_round_trips(store: AuditStore) -> None:
     calls = _count_round_trips(store)
 
-    store.write([_record(f"batch-{i}") for i in range(1000)])
+    store.write([make_audit_record(f"batch-{i}") for i in range(1000)])
 
     assert calls[0] == 3  # BEGIN, one multi-row INSERT, COMMIT
     assert store.count() == 1001

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
-import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
 
 import pytest
 
-from fraudscore.audit import AuditRecord, AuditStore, create_schema
+from fraudscore.audit import AuditStore, create_schema
 from fraudscore.database import open_database_url
 from fraudscore.exceptions import AuditError
+from tests.audit_records import make_audit_record
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -24,16 +22,6 @@ def store(request: pytest.FixtureRequest, sqlite_url: str) -> Iterator[AuditStor
     store.close()
 
 
-def _record(**changes: object) -> AuditRecord:
-    record = AuditRecord(
-        decision_id=uuid.uuid4().hex, request_id="values", transaction_id=uuid.uuid4().hex,
-        decided_at=datetime.now(UTC), features={"TX_AMOUNT": 10.0}, features_sha256="b" * 64,
-        stage1_probability=0.1, stage2_probability=None, final_probability=0.1,
-        is_fraud=False, stage="stage1", model_version="test", latency_ms=0.5,
-    )
-    return dataclasses.replace(record, **changes)  # type: ignore[arg-type]
-
-
 @pytest.mark.parametrize(
     "changes",
     [
@@ -44,14 +32,15 @@ def _record(**changes: object) -> AuditRecord:
 )
 def test_unstorable_value_raises_audit_error(store: AuditStore, changes: dict) -> None:
     with pytest.raises(AuditError):
-        store.write([_record(**changes)])
+        store.write([make_audit_record(**changes)])
 
     assert store.count() == 0
     assert store.ping()
 
 
 def test_batch_with_one_bad_row_writes_none(store: AuditStore) -> None:
-    batch = [_record(), _record(final_probability=float("nan")), _record()]
+    batch = [make_audit_record(), make_audit_record(final_probability=float("nan")),
+             make_audit_record()]
 
     with pytest.raises(AuditError):
         store.write(batch)
