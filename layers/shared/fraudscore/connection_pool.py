@@ -1,11 +1,11 @@
 """A small thread-safe pool of database connections, one pool per process.
 
-A Lambda container serves one request at a time and keeps one connection; a uvicorn
-worker may run requests in its thread pool and needs a few. The pool keeps at most
-``size`` idle connections, opens up to ``max_overflow`` more under load, waits at most
-``timeout_seconds`` for a free one, and replaces connections older than
-``recycle_seconds``. A connection whose use raised an error that the caller marks as a
-lost connection is closed instead of being returned.
+A Lambda container serves one request at a time and keeps one connection. A uvicorn
+worker may run requests in its thread pool and then needs a few. The pool keeps at most
+``size`` idle connections and opens up to ``max_overflow`` more under load. It waits at
+most ``timeout_seconds`` for a free one and replaces connections older than
+``recycle_seconds``. When the caller marks an error as a lost connection, the pool
+closes that connection instead of keeping it.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class ConnectionPool[ConnectionT]:
     close : callable
         Closes a connection; errors it raises are logged and ignored.
     size : int
-        Idle connections kept for reuse.
+        Idle connections idle_checkout for reuse.
     max_overflow : int
         Connections allowed beyond ``size`` while all others are in use.
     timeout_seconds : float
@@ -91,7 +91,7 @@ class ConnectionPool[ConnectionT]:
         """Lend a connection for the ``with`` block.
 
         When the block raises an exception for which ``discard_on`` returns True, the
-        connection is closed instead of being kept, so the next checkout opens a new one.
+        connection is closed instead of being idle_checkout, so the next checkout opens a new one.
         """
         if not self._slots.acquire(timeout=self.timeout_seconds):
             raise PoolTimeoutError(
@@ -124,21 +124,21 @@ class ConnectionPool[ConnectionT]:
             self._discard(checkout.connection)
 
     def idle_count(self) -> int:
-        """Number of idle connections kept for reuse."""
+        """Number of idle connections idle_checkout for reuse."""
         return len(self._idle)
 
     def _take(self) -> Checkout[ConnectionT]:
         while True:
             with self._lock:
-                kept = self._idle.pop() if self._idle else None
-            if kept is None:
+                idle_checkout = self._idle.pop() if self._idle else None
+            if idle_checkout is None:
                 return Checkout(self._connect(), reused=False)
-            age = time.monotonic() - kept.created_at
+            age = time.monotonic() - idle_checkout.created_at
             if self.recycle_seconds is not None and age > self.recycle_seconds:
-                self._discard(kept.connection)
+                self._discard(idle_checkout.connection)
                 continue
-            kept.reused = True
-            return kept
+            idle_checkout.reused = True
+            return idle_checkout
 
     def _give_back(self, checkout: Checkout[ConnectionT]) -> None:
         with self._lock:
