@@ -18,18 +18,15 @@ from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import create_engine
-
 from benchmarks.measure import Figure, quiet_stdout
 from benchmarks.reference import (
     create_reference_app,
-    create_reference_schema,
     reference_engine,
     write_audit,
 )
 from benchmarks.workspace import Workspace
 from fraudscore.api.app import create_app
-from fraudscore.audit import AuditStore, create_schema
+from fraudscore.audit import AuditStore
 from fraudscore.database import open_database_url
 from fraudscore.runtime import Runtime, make_stage2_client
 from fraudscore.service import DecisionService, TransactionInput
@@ -47,20 +44,10 @@ TARGET_PER_SECOND = 50_000
 
 def run(workspace: Workspace) -> list[Figure]:
     """Measure decisions per second in process and through the batch endpoint."""
-    audits: list[tuple[str, str | None]] = [
-        ("audit off", None),
-        ("SQLite audit", f"sqlite:///{workspace.work / 'batch-audit.db'}"),
-    ]
-    if workspace.database_url:
-        audits.append(("PostgreSQL audit", workspace.database_url))
+    audits = workspace.audit_targets("batch-audit.db")
 
     figures = []
     for audit_name, url in audits:
-        if url and url.startswith("sqlite"):
-            create_schema(url)
-            engine = create_engine(url)
-            create_reference_schema(engine)
-            engine.dispose()
         for size in workspace.mode.batch_sizes:
             name = f"DecisionService.decide, {size:,} rows, {audit_name}"
             figures.append(_guarded(name, partial(_in_process, workspace, audit_name, url, size)))

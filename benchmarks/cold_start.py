@@ -9,7 +9,7 @@ call of the handler. The standard library keeps its .pyc, as in the Lambda runti
 Without .pyc in the deployment, Python compiles every module it imports from there.
 
 Stage 1 and the reference run as deployed, with audit rows written to PostgreSQL, so the
-first answer includes connecting to the database and one INSERT. Without a reachable
+first handler call includes connecting to the database and one INSERT. Without a reachable
 server both run with audit off, and the figures say so.
 """
 

@@ -15,13 +15,11 @@ from collections.abc import Callable
 from typing import Any
 
 from mangum import Mangum
-from sqlalchemy import create_engine
 
 from benchmarks.measure import Figure, patched_environ, quiet_stdout, summarize, time_calls
 from benchmarks.postgres import round_trips
-from benchmarks.reference import create_reference_app, create_reference_schema, reference_engine
+from benchmarks.reference import create_reference_app, reference_engine
 from benchmarks.workspace import Workspace
-from fraudscore.audit import create_schema
 from tests.lambda_events import FakeLambdaContext, http_api_event, load_function_module
 
 logger = logging.getLogger(__name__)
@@ -38,12 +36,7 @@ TARGETS_MS = {
 
 def run(workspace: Workspace) -> list[Figure]:
     """Time warm handler calls with audit off, SQLite and PostgreSQL, in milliseconds."""
-    audits: list[tuple[str, str | None]] = [
-        ("audit off", None),
-        ("SQLite audit", f"sqlite:///{workspace.work / 'warm-audit.db'}"),
-    ]
-    if workspace.database_url:
-        audits.append(("PostgreSQL audit", workspace.database_url))
+    audits = workspace.audit_targets("warm-audit.db")
 
     events = {
         "stage-1 decision": workspace.examples.get("confident_genuine") or workspace.sample[0],
@@ -53,11 +46,6 @@ def run(workspace: Workspace) -> list[Figure]:
 
     figures = []
     for audit_name, url in audits:
-        if url and url.startswith("sqlite"):
-            create_schema(url)
-            engine = create_engine(url)
-            create_reference_schema(engine)
-            engine.dispose()
         ours = _service_handler(workspace, url)
         theirs = _reference_handler(workspace, url)
         for path, features in events.items():

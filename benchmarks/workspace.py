@@ -104,6 +104,28 @@ class Workspace:
     # Work shared between groups, such as the deployment copies, keyed by name.
     cache: dict[str, Any] = field(default_factory=dict)
 
+    def audit_targets(self, sqlite_name: str) -> list[tuple[str, str | None]]:
+        """Return the audit settings a group compares, as (label, database URL or None).
+
+        Audit off, a SQLite file named ``sqlite_name`` in the work directory (both apps'
+        tables created), and the run's PostgreSQL database when the server is reachable.
+        """
+        sqlite_url = f"sqlite:///{self.work / sqlite_name}"
+        create_audit_tables(sqlite_url)
+        targets: list[tuple[str, str | None]] = [("audit off", None),
+                                                 ("SQLite audit", sqlite_url)]
+        if self.database_url:
+            targets.append(("PostgreSQL audit", self.database_url))
+        return targets
+
+
+def create_audit_tables(url: str) -> None:
+    """Create the service's and the reference's audit tables in the database at ``url``."""
+    create_schema(url)
+    engine = create_engine(url)
+    create_reference_schema(engine)
+    engine.dispose()
+
 
 def prepare(
     *,
@@ -189,10 +211,7 @@ def _open_database(url: str, stack: ExitStack, notes: list[str]) -> tuple[str | 
         notes.append("PostgreSQL not reachable: PostgreSQL figures skipped")
         return None, None
     database = stack.enter_context(temporary_database(url))
-    create_schema(database)
-    engine = create_engine(database)
-    create_reference_schema(engine)
-    engine.dispose()
+    create_audit_tables(database)
     return database, version
 
 

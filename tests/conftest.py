@@ -93,8 +93,9 @@ def postgres_database_url(postgres_url: str) -> Iterator[str]:
 def fresh_botocore_session() -> Iterator[None]:
     """Give each test its own botocore session.
 
-    The service keeps one session per process, which caches credentials; a session made
-    under one test's environment (or before moto was imported) must not serve the next.
+    The service keeps one session per process, and a session caches credentials. A
+    session made under one test's environment, or before moto was imported, must not
+    serve the next test.
     """
     from fraudscore import aws_clients
 

@@ -27,33 +27,9 @@ logger = logging.getLogger(__name__)
 
 TABLE = "audit_decisions"
 
-# Column order of every INSERT and SELECT below.
-COLUMNS = (
-    "decision_id",
-    "request_id",
-    "transaction_id",
-    "decided_at",
-    "features",
-    "features_sha256",
-    "stage1_probability",
-    "stage2_probability",
-    "final_probability",
-    "is_fraud",
-    "stage",
-    "model_version",
-    "latency_ms",
-    "degraded",
-    "degraded_reason",
-    "manual_review",
-    # Equal to transaction_id, except for a replayed record whose transaction id was taken
-    # by a decision with other features while the database was down: that record is kept
-    # under "<transaction_id>#conflict#<decision_id>" with idempotency_conflict set.
-    "idempotency_key",
-    "idempotency_conflict",
-)
-
+# Every column with its (PostgreSQL type, SQLite type), in the order of every INSERT and
+# SELECT below. Columns are NOT NULL unless listed in _NULLABLE.
 _COLUMN_TYPES = {
-    # column: (PostgreSQL type, SQLite type); NOT NULL unless listed in _NULLABLE.
     "decision_id": ("varchar(64) PRIMARY KEY", "TEXT PRIMARY KEY"),
     "request_id": ("varchar(128)", "TEXT"),
     "transaction_id": ("varchar(128)", "TEXT"),
@@ -70,9 +46,13 @@ _COLUMN_TYPES = {
     "degraded": ("boolean DEFAULT false", "BOOLEAN DEFAULT 0"),
     "degraded_reason": ("varchar(64)", "TEXT"),
     "manual_review": ("boolean DEFAULT false", "BOOLEAN DEFAULT 0"),
+    # Equal to transaction_id, except for a replayed record whose transaction id was taken
+    # by a decision with other features while the database was down. That record is kept
+    # under "<transaction_id>#conflict#<decision_id>" with idempotency_conflict set.
     "idempotency_key": ("varchar(256) UNIQUE", "TEXT UNIQUE"),
     "idempotency_conflict": ("boolean DEFAULT false", "BOOLEAN DEFAULT 0"),
 }
+COLUMNS = tuple(_COLUMN_TYPES)
 _NULLABLE = {"stage2_probability", "degraded_reason"}
 _INDEXES = {
     "ix_audit_decisions_transaction_id": "transaction_id",
@@ -81,6 +61,7 @@ _INDEXES = {
 
 _INSERT_HEAD = f"INSERT INTO {TABLE} ({', '.join(COLUMNS)})"
 _INSERT_TAIL = "ON CONFLICT DO NOTHING RETURNING decision_id"
+_KEY_INDEX = COLUMNS.index("idempotency_key")
 _SELECT_ALL = f"SELECT {', '.join(COLUMNS)} FROM {TABLE}"  # noqa: S608 - constant names
 
 # Rows per multi-row INSERT, which bounds the size of one statement (about 0.5 MB).
@@ -316,8 +297,7 @@ def _select_by_keys(connection: Connection, keys: list[str]) -> dict[str, AuditR
         rows = connection.query(f"{_SELECT_ALL} WHERE idempotency_key IN ({placeholders})",
                                 params)
         for row in rows:
-            record = AuditRecord.from_row(row)
-            stored[row[COLUMNS.index("idempotency_key")]] = record
+            stored[row[_KEY_INDEX]] = AuditRecord.from_row(row)
     return stored
 
 

@@ -190,10 +190,10 @@ class SqliteConnection:
             return []
         placeholders = ", ".join("?" for _ in rows[0])
         statement = f"{head} VALUES ({placeholders}) {tail}"
+        with _unstorable_values():
+            bound = [[_sqlite_value(value) for value in row] for row in rows]
         returned: list[tuple[Any, ...]] = []
-        for row in rows:
-            with _unstorable_values():
-                values = [_sqlite_value(value) for value in row]
+        for values in bound:
             returned.extend(self._run(statement, values))
         return returned
 

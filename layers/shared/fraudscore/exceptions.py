@@ -63,9 +63,9 @@ class IdempotencyConflictError(FraudScoreError):
 
 
 class DatabaseError(FraudScoreError):
-    """A database statement or connection failed.
+    """Failure of a database statement or connection.
 
-    ``sqlstate`` is PostgreSQL's five-character error code when the server answered,
+    ``sqlstate`` is PostgreSQL's five-character error code when the server responded,
     else None. ``connection_lost`` is True when the connection can no longer be used
     (network error, server restart), so a retry on a new connection may succeed.
     """

@@ -19,7 +19,7 @@ METRICS_NAMESPACE = os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "FraudScoring
 
 
 def decode_json_message(message: Any) -> Any:
-    """Decode a log message that holds a JSON object or array; return any other unchanged.
+    """Decode a log message that contains a JSON object or array; return others unchanged.
 
     Powertools' formatter passes every string message through ``json_deserializer`` and
     keeps the text when that raises. With its default ``json.loads``, each plain message

@@ -141,8 +141,9 @@ def _decide(runtime: Runtime, transactions: list[Transaction], request_id: str) 
             "retry the request"
         ) from exc
     except IdempotencyConflictError as exc:
-        where = f" (transactions[{exc.row}])" if len(transactions) > 1 and exc.row is not None \
-            else ""
+        where = ""
+        if len(transactions) > 1 and exc.row is not None:
+            where = f" (transactions[{exc.row}])"
         raise HTTPException(409, f"{exc}{where}") from exc
     _observe(batch)
     return batch
