@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import uuid
@@ -131,6 +132,12 @@ def bundle_dir(simulated_history: Path, tmp_path_factory: pytest.TempPathFactory
 
     out = tmp_path_factory.mktemp("bundle")
     return train(TrainConfig(out_dir=out, progress=False), data_path=simulated_history)
+
+
+@pytest.fixture(scope="session")
+def examples(bundle_dir: Path) -> dict[str, dict[str, float]]:
+    """The bundle's example transactions by kind ("uncertain", "confident_genuine", ...)."""
+    return dict(json.loads((bundle_dir / "manifest.json").read_text())["example_transactions"])
 
 
 @pytest.fixture

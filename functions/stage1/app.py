@@ -31,5 +31,12 @@ _mangum = Mangum(with_root_path(app, settings.api_base_path), lifespan="off",
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    """Lambda entry point for API Gateway HTTP API (payload format 2.0) events."""
-    return _mangum(event, context)
+    """Lambda entry point for API Gateway HTTP API (payload format 2.0) events.
+
+    The invocation's metrics are flushed before it returns, because Lambda may freeze the
+    container until the next one.
+    """
+    try:
+        return _mangum(event, context)
+    finally:
+        runtime.decision_metrics.flush()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,18 +17,13 @@ from sqlalchemy import create_engine, text
 
 from fraudscore.audit import create_schema
 from tests.conftest import CAPTURED_OUTPUT
+from tests.ports import free_port
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 REQUESTS = 5000
 CONCURRENCY = 32
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def _load(url: str, bodies: list[dict]) -> list[int | str]:
@@ -53,7 +47,7 @@ def test_server_under_load_audits_every_request(
     bundle_dir: Path, postgres_database_url: str, tmp_path: Path
 ) -> None:
     create_schema(postgres_database_url)
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "server.log"
     env = {**os.environ, "MODEL_URI": str(bundle_dir), "DATABASE_URL": postgres_database_url,
            "AUDIT_SPOOL_PATH": str(tmp_path / "spool.jsonl"), "POWERTOOLS_LOG_LEVEL": "WARNING"}

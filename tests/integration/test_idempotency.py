@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -19,11 +18,6 @@ def database_url(request, sqlite_url: str) -> str:  # type: ignore[no-untyped-de
     url = request.getfixturevalue("postgres_database_url")
     create_schema(url)
     return url
-
-
-@pytest.fixture(scope="module")
-def examples(bundle_dir: Path) -> dict[str, dict[str, float]]:
-    return json.loads((bundle_dir / "manifest.json").read_text())["example_transactions"]
 
 
 def _rows(url: str, transaction_id: str) -> int:
@@ -130,11 +124,14 @@ def test_repeat_not_counted_as_decision(  # type: ignore[no-untyped-def]
 ) -> None:
     client = make_client(database_url=database_url)
     body = {"transaction_id": "count-once", "features": examples["confident_genuine"]}
+    decision_metrics = client.app.state.runtime.decision_metrics
     client.post("/predict", json=body)
+    decision_metrics.flush()
     capsys.readouterr()
     logged_before = len(CAPTURED_OUTPUT)
 
     client.post("/predict", json=body)
+    decision_metrics.flush()
     output = capsys.readouterr().out
     logged = "\n".join(CAPTURED_OUTPUT[logged_before:])
 

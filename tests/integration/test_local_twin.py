@@ -18,13 +18,9 @@ import boto3
 import pytest
 from botocore.config import Config
 
+from tests.ports import free_port
+
 STARTUP_TIMEOUT_SECONDS = 90.0
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _twin_environment() -> dict[str, str]:
@@ -79,7 +75,7 @@ def twin(bundle_dir: Path, tmp_path: Path) -> Iterator[dict[str, Any]]:
         [sys.executable, "-m", "fraudscore.audit_schema", "--database-url", database_url],
         check=True, env=environment, cwd=tmp_path, capture_output=True, timeout=60,
     )
-    port, lambda_port = _free_port(), _free_port()
+    port, lambda_port = free_port(), free_port()
     log = tmp_path / "twin.log"
     with log.open("wb") as output:
         process = subprocess.Popen(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ from fraudscore.database import open_audit_database
 from fraudscore.exceptions import ConfigurationError, DatabaseError
 from fraudscore.runtime import Runtime
 from fraudscore.settings import Settings
+from tests.ports import free_port
 
 REGION = "us-east-1"
 # Characters that must be escaped in a URL, so a hand-built URL string would break.
@@ -81,12 +81,6 @@ def _capture_logs(caplog: pytest.LogCaptureFixture) -> None:
     """
     caplog.set_level(logging.INFO)
     caplog.set_level(logging.DEBUG, logger="fraudscore")
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _exception_text(exc: BaseException) -> str:
@@ -183,7 +177,7 @@ def test_connection_error_hides_password(secrets: Any,
                                          caplog: pytest.LogCaptureFixture) -> None:
     _capture_logs(caplog)
     arn = _create_secret(secrets, _credentials())
-    settings = _settings(arn, database_port=_free_port(), database_connect_timeout_seconds=2.0)
+    settings = _settings(arn, database_port=free_port(), database_connect_timeout_seconds=2.0)
 
     database = open_audit_database(settings, secrets)
     with pytest.raises(DatabaseError) as raised, database.connection():

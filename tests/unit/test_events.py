@@ -295,6 +295,26 @@ def test_predict_uncertain_event(stage1: ModuleType, bundle: Bundle) -> None:
     assert bundle.band.low <= decision["stage1_probability"] < bundle.band.high
 
 
+def test_each_invocation_flushes_its_metrics(
+    stage1: ModuleType, bundle: Bundle, capsys: pytest.CaptureFixture[str]
+) -> None:
+    event = _event("predict_confident.json")
+    capsys.readouterr()
+
+    for i in range(2):
+        body = {"transaction_id": f"flush-{uuid.uuid4().hex}-{i}",
+                "features": _examples(bundle)["uncertain"]}
+        assert _invoke(stage1, _with_body(event, body))["statusCode"] == 200
+        emf = [json.loads(line) for line in capsys.readouterr().out.splitlines()
+               if '"_aws"' in line]
+
+        # One EMF record per invocation, written before the handler returned.
+        assert len(emf) == 1
+        assert emf[0]["Decisions"] == [1.0]
+        assert emf[0]["Stage2Decisions"] == [1.0]
+        assert len(emf[0]["Stage2Latency"]) == 1
+
+
 def test_predict_invalid_event(stage1: ModuleType) -> None:
     response = _invoke(stage1, _event("predict_invalid.json"))
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -20,11 +19,6 @@ from fraudscore.storage import DirectoryStore
 @pytest.fixture(scope="module")
 def bundle(bundle_dir: Path):  # type: ignore[no-untyped-def]
     return load_bundle(DirectoryStore(bundle_dir))
-
-
-@pytest.fixture(scope="module")
-def examples(bundle_dir: Path) -> dict[str, dict[str, float]]:
-    return json.loads((bundle_dir / "manifest.json").read_text())["example_transactions"]
 
 
 def _in_process(bundle):  # type: ignore[no-untyped-def]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
@@ -179,11 +179,41 @@ class AuditStore:
         """
         if not records:
             return {}
+        return self._with_connection(
+            records, lambda connection: self._write_on(connection, records, keep_conflicts))
+
+    def write_each(
+        self, records: Sequence[AuditRecord]
+    ) -> list[dict[str, AuditRecord] | IdempotencyConflictError]:
+        """Insert independent single-decision records with one statement; return each outcome.
+
+        The result equals calling ``write([record])`` for each record in turn, in one
+        round trip instead of one per record: a record whose transaction id is already
+        stored with the same features gets ``{decision_id: stored record}``, one stored
+        with other features gets an IdempotencyConflictError (nothing written for it), and
+        a new one gets ``{}``. The records may come from different requests; a conflict
+        of one record does not affect the others.
+
+        Raises
+        ------
+        AuditError
+            If the database rejects the statement or cannot be reached; then none of the
+            records was written.
+        """
+        if not records:
+            return []
+        return self._with_connection(
+            records, lambda connection: self._write_each_on(connection, records))
+
+    def _with_connection[T](
+        self, records: Sequence[AuditRecord], work: Callable[[Connection], T]
+    ) -> T:
+        """Run ``work`` on a pooled connection; retry once on a lost reused connection."""
         for attempt in (1, 2):
             reused = False
             try:
                 with self.database.connection() as (connection, reused):
-                    return self._write_on(connection, records, keep_conflicts)
+                    return work(connection)
             except DatabaseError as exc:
                 if attempt == 1 and exc.connection_lost and reused:
                     # The pooled connection had died (database restart, idle timeout) and
@@ -235,27 +265,42 @@ class AuditStore:
         stored = _select_by_keys(connection, sorted({r.transaction_id for r in pending}))
         repeats: dict[str, AuditRecord] = {}
         conflicts: list[AuditRecord] = []
+        errors: list[IdempotencyConflictError] = []
         for record in pending:
-            existing = stored.get(record.transaction_id)
-            if existing is None or existing.decision_id == record.decision_id:
-                continue  # already stored under its own decision id: a replayed record
-            if existing.features_sha256 == record.features_sha256:
-                repeats[record.decision_id] = existing
-            else:
+            outcome = _compare(record, stored.get(record.transaction_id))
+            if isinstance(outcome, AuditRecord):
+                repeats[record.decision_id] = outcome
+            elif outcome is not None:
                 conflicts.append(record)
+                errors.append(outcome)
 
-        if conflicts and not keep_conflicts:
-            raise IdempotencyConflictError(
-                conflicts[0].transaction_id,
-                f"transaction_id {conflicts[0].transaction_id!r} was already scored with "
-                "different features; use a new transaction_id",
-                decision_id=conflicts[0].decision_id,
-            )
+        if errors and not keep_conflicts:
+            raise errors[0]
         if conflicts:
             logger.error("storing %d replayed record(s) as idempotency conflicts: %s",
                          len(conflicts), ", ".join(r.decision_id for r in conflicts))
             _insert(connection, [r.to_row(conflict=True) for r in conflicts])
         return repeats
+
+    def _write_each_on(
+        self, connection: Connection, records: Sequence[AuditRecord]
+    ) -> list[dict[str, AuditRecord] | IdempotencyConflictError]:
+        # One autocommit statement: ON CONFLICT DO NOTHING skips each taken key on its own,
+        # so one record's conflict neither fails the statement nor the other records.
+        inserted = _insert(connection, [record.to_row() for record in records])
+        pending = [record for record in records if record.decision_id not in inserted]
+        stored = _select_by_keys(connection, sorted({r.transaction_id for r in pending})) \
+            if pending else {}
+
+        outcomes: list[dict[str, AuditRecord] | IdempotencyConflictError] = []
+        for record in records:
+            outcome = None if record.decision_id in inserted \
+                else _compare(record, stored.get(record.transaction_id))
+            if isinstance(outcome, AuditRecord):
+                outcomes.append({record.decision_id: outcome})
+            else:
+                outcomes.append(outcome or {})
+        return outcomes
 
     def ping(self) -> bool:
         """Return True when the audit table can be queried."""
@@ -275,6 +320,27 @@ class AuditStore:
     def close(self) -> None:
         """Close the idle database connections."""
         self.database.close()
+
+
+def _compare(
+    record: AuditRecord, existing: AuditRecord | None
+) -> AuditRecord | IdempotencyConflictError | None:
+    """Classify a record that the INSERT skipped against the one stored under its key.
+
+    Returns None when no other decision is stored under it (the record itself was
+    stored before: a replay), the stored record when it has the same features (a
+    repeat), and the error to raise when it has other features (a conflict).
+    """
+    if existing is None or existing.decision_id == record.decision_id:
+        return None
+    if existing.features_sha256 == record.features_sha256:
+        return existing
+    return IdempotencyConflictError(
+        record.transaction_id,
+        f"transaction_id {record.transaction_id!r} was already scored with "
+        "different features; use a new transaction_id",
+        decision_id=record.decision_id,
+    )
 
 
 def _insert(connection: Connection, rows: list[tuple[Any, ...]]) -> set[str]:

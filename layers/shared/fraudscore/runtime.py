@@ -7,7 +7,7 @@ every request, so no connection pool, client or model is created per request.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fraudscore.audit import AuditStore
@@ -16,6 +16,7 @@ from fraudscore.breaker import CircuitBreaker
 from fraudscore.bundle import Bundle, load_bundle
 from fraudscore.bundle_refresh import BundleWatcher
 from fraudscore.database import open_audit_database
+from fraudscore.decision_metrics import DecisionMetrics
 from fraudscore.exceptions import FraudScoreError
 from fraudscore.service import DecisionService
 from fraudscore.settings import Settings, Stage2Mode
@@ -34,6 +35,7 @@ class Runtime:
     audit: AuditStore | None = None
     load_error: str | None = None
     watcher: BundleWatcher | None = None
+    decision_metrics: DecisionMetrics = field(default_factory=DecisionMetrics)
 
     @property
     def bundle(self) -> Bundle | None:

@@ -18,6 +18,7 @@ import numpy as np
 
 from fraudscore.audit import AuditRecord, AuditStore
 from fraudscore.audit_fallback import AuditFallback
+from fraudscore.audit_group import AuditGroupWriter
 from fraudscore.breaker import CircuitBreaker
 from fraudscore.bundle import Bundle
 from fraudscore.decision import Decision, Stage
@@ -62,6 +63,18 @@ class _Stage2Outcome:
     responded: bool
     error: str | None
     latency_ms: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Scored:
+    """Decisions and audit records of one request, before the audit write."""
+
+    request_id: str
+    decisions: list[Decision]
+    records: list[AuditRecord]
+    latency_ms: float
+    escalated: int
+    stage2: _Stage2Outcome
 
 
 def row_digests(matrix: np.ndarray) -> list[str]:
@@ -127,6 +140,7 @@ class DecisionService:
         self.failure_policy = failure_policy
         self.breaker = breaker
         self.fallback = fallback
+        self.audit_group = AuditGroupWriter(audit) if audit is not None else None
         # "ok" after the last write reached the database, the fallback's name otherwise.
         self.audit_status = "ok" if audit is not None else "disabled"
 
@@ -145,6 +159,39 @@ class DecisionService:
             If neither the audit store nor the fallback accepted the records; the
             decisions are then not returned.
         """
+        scored = self._score(transactions, request_id)
+        if self.audit is None:
+            return self._complete(scored, {}, None)
+        try:
+            repeats = self.audit.write(scored.records)
+        except (AuditError, IdempotencyConflictError) as exc:
+            return self._complete(scored, {}, self._recover(scored, exc))
+        self.audit_status = "ok"
+        return self._complete(scored, repeats, None)
+
+    async def decide_async(
+        self, transactions: Sequence[TransactionInput], *, request_id: str | None = None
+    ) -> ScoredBatch:
+        """Like :meth:`decide`, for a request served on an event loop.
+
+        A single decision's audit record joins the group that :class:`AuditGroupWriter`
+        writes for the event loop's turn, one INSERT for all concurrent requests. Several
+        decisions are written as :meth:`decide` writes them, in their own transaction, so
+        a conflict on one of them still writes none.
+        """
+        if self.audit_group is None or len(transactions) != 1:
+            return self.decide(transactions, request_id=request_id)
+        scored = self._score(transactions, request_id)
+        try:
+            repeats = await self.audit_group.write(scored.records[0])
+        except (AuditError, IdempotencyConflictError) as exc:
+            return self._complete(scored, {}, self._recover(scored, exc))
+        self.audit_status = "ok"
+        return self._complete(scored, repeats, None)
+
+    def _score(
+        self, transactions: Sequence[TransactionInput], request_id: str | None
+    ) -> _Scored:
         started = time.perf_counter()
         request_id = request_id or new_ids(1)[0]
         matrix = self.bundle.schema.validate_many([t.features for t in transactions])
@@ -160,39 +207,42 @@ class DecisionService:
             transactions, matrix, stage1_probability, outcome, final, escalated,
             request_id=request_id, latency_ms=latency_ms,
         )
-        repeats, fallback = self._record(records, request_id)
+        return _Scored(request_id, decisions, records, latency_ms, int(escalated.sum()), outcome)
+
+    def _recover(self, scored: _Scored, exc: AuditError | IdempotencyConflictError) -> str:
+        """Handle a failed audit write: re-raise, or hand the records to the fallback.
+
+        Returns the fallback's name when it took the records.
+        """
+        if isinstance(exc, IdempotencyConflictError):
+            ids = [record.decision_id for record in scored.records]
+            exc.row = ids.index(exc.decision_id) if exc.decision_id in ids else None
+            raise exc
+        if self.fallback is None:
+            raise exc
+        logger.error("audit store failed for request %s, using the %s fallback: %s",
+                     scored.request_id, self.fallback.name, exc)
+        self.fallback.write(scored.records)
+        self.audit_status = self.fallback.name
+        return self.fallback.name
+
+    @staticmethod
+    def _complete(
+        scored: _Scored, repeats: Mapping[str, AuditRecord], fallback: str | None
+    ) -> ScoredBatch:
+        """Return the request's decisions; a repeated transaction gets its stored one."""
+        decisions, records = scored.decisions, scored.records
         repeated = tuple(record.decision_id in repeats for record in records)
         for i, record in enumerate(records):
             stored = repeats.get(record.decision_id)
             if stored is not None:
                 decisions[i] = decision_from_record(stored)
                 records[i] = stored
+        outcome = scored.stage2
         return ScoredBatch(
-            request_id, decisions, records, latency_ms, int(escalated.sum()),
+            scored.request_id, decisions, records, scored.latency_ms, scored.escalated,
             outcome.latency_ms, outcome.error, fallback, repeated,
         )
-
-    def _record(
-        self, records: list[AuditRecord], request_id: str
-    ) -> tuple[dict[str, AuditRecord], str | None]:
-        if self.audit is None:
-            return {}, None
-        try:
-            repeats = self.audit.write(records)
-        except IdempotencyConflictError as exc:
-            ids = [record.decision_id for record in records]
-            exc.row = ids.index(exc.decision_id) if exc.decision_id in ids else None
-            raise
-        except AuditError as exc:
-            if self.fallback is None:
-                raise
-            logger.error("audit store failed for request %s, using the %s fallback: %s",
-                         request_id, self.fallback.name, exc)
-            self.fallback.write(records)
-            self.audit_status = self.fallback.name
-            return {}, self.fallback.name
-        self.audit_status = "ok"
-        return repeats, None
 
     def _score_stage2(
         self, matrix: np.ndarray, escalated: np.ndarray, request_id: str

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from typing import Any, Literal
 
 from fastapi import APIRouter, FastAPI, Request
@@ -26,8 +29,9 @@ from fraudscore.api.models import (
 from fraudscore.api.page import CONTENT_SECURITY_POLICY, render_page
 from fraudscore.api.strict_json import StrictJSONRoute
 from fraudscore.audit_fallback import SpoolFallback
+from fraudscore.decision_metrics import FLUSH_INTERVAL_SECONDS, DecisionMetrics
 from fraudscore.exceptions import AuditError, FeatureValidationError, IdempotencyConflictError
-from fraudscore.observability import logger, metrics
+from fraudscore.observability import logger
 from fraudscore.runtime import Runtime, refresh_bundle
 from fraudscore.service import DecisionService, ScoredBatch, TransactionInput, decision_log_fields
 from fraudscore.settings import Stage2Mode
@@ -71,6 +75,7 @@ class ServiceUnavailableError(Exception):
 def create_app(runtime: Runtime) -> FastAPI:
     """Build the API around a started runtime (one per process)."""
     app = FastAPI(
+        lifespan=_flushing_metrics(runtime.decision_metrics),
         title="Fraud scoring",
         summary="Two-stage fraud decisions: logistic regression, then XGBoost when uncertain.",
         version="1",
@@ -88,6 +93,31 @@ def create_app(runtime: Runtime) -> FastAPI:
     _add_exception_handlers(app)
     _add_security_headers(app)
     return app
+
+
+def _flushing_metrics(
+    decision_metrics: DecisionMetrics,
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """Lifespan of a long-running server: flush the metrics periodically and at shutdown.
+
+    Under Mangum the lifespan is off and the Lambda handler flushes after each invocation.
+    """
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        async def flush_periodically() -> None:
+            while True:
+                await asyncio.sleep(FLUSH_INTERVAL_SECONDS)
+                decision_metrics.flush()
+
+        task = asyncio.create_task(flush_periodically())
+        try:
+            yield
+        finally:
+            task.cancel()
+            decision_metrics.flush()
+
+    return lifespan
 
 
 def with_root_path(app: Any, base_path: str) -> Any:
@@ -128,14 +158,55 @@ def _request_id(request: Request) -> str:
 
 
 def _decide(runtime: Runtime, transactions: list[Transaction], request_id: str) -> ScoredBatch:
+    """Score on the calling thread (a worker thread when stage 2 is a network call)."""
     refresh_bundle(runtime)
-    service = _service(runtime)
-    inputs = [TransactionInput(t.transaction_id, t.features) for t in transactions]
+    with _decision_errors(runtime, transactions, request_id):
+        batch = _service(runtime).decide(_inputs(transactions), request_id=request_id)
+    _observe(runtime, batch)
+    return batch
+
+
+async def _decide_async(
+    runtime: Runtime, transactions: list[Transaction], request: Request
+) -> ScoredBatch:
+    """Score on the event loop, or in a worker thread when stage 2 is a network call.
+
+    In-process scoring takes well under a millisecond, less than a thread handoff costs
+    under load, and the audit record of a single decision joins the event loop's group
+    commit (:mod:`fraudscore.audit_group`). A stage-2 Lambda invoke can wait up to its read
+    timeout, so under uvicorn it must not block the event loop. Under Mangum
+    (``aws.event`` in the scope) a container serves one request at a time, so there is
+    nothing to unblock.
+
+    NOTE: running the PostgreSQL audit INSERT in worker threads was measured at 431
+    requests/s against 1,669 on the event loop (two uvicorn workers, concurrency 16):
+    each thread waiting on the socket has to win the GIL back from CPU-bound threads.
+    """
+    request_id = _request_id(request)
+    if runtime.settings.stage2_mode is Stage2Mode.LAMBDA and "aws.event" not in request.scope:
+        return await run_in_threadpool(_decide, runtime, transactions, request_id)
+    refresh_bundle(runtime)
+    with _decision_errors(runtime, transactions, request_id):
+        batch = await _service(runtime).decide_async(_inputs(transactions),
+                                                     request_id=request_id)
+    _observe(runtime, batch)
+    return batch
+
+
+def _inputs(transactions: list[Transaction]) -> list[TransactionInput]:
+    return [TransactionInput(t.transaction_id, t.features) for t in transactions]
+
+
+@contextmanager
+def _decision_errors(
+    runtime: Runtime, transactions: list[Transaction], request_id: str
+) -> Iterator[None]:
+    """Turn an audit failure into 503 and an idempotency conflict into 409."""
     try:
-        batch = service.decide(inputs, request_id=request_id)
+        yield
     except AuditError as exc:
         logger.error("audit write failed", extra={"request_id": request_id, "error": str(exc)})
-        metrics.add_metric(name="AuditWriteFailures", unit="Count", value=1)
+        runtime.decision_metrics.add({"AuditWriteFailures": 1})
         raise ServiceUnavailableError(
             "the decision could not be recorded in the audit trail, so it was not returned; "
             "retry the request"
@@ -145,33 +216,10 @@ def _decide(runtime: Runtime, transactions: list[Transaction], request_id: str) 
         if len(transactions) > 1 and exc.row is not None:
             where = f" (transactions[{exc.row}])"
         raise HTTPException(409, f"{exc}{where}") from exc
-    _observe(batch)
-    return batch
 
 
-async def _decide_async(
-    runtime: Runtime, transactions: list[Transaction], request: Request
-) -> ScoredBatch:
-    """Score on the event loop, or in a worker thread when stage 2 is a network call.
-
-    In-process scoring and the audit insert take well under a millisecond, less than a
-    thread handoff costs under load. A stage-2 Lambda invoke can wait up to its read
-    timeout, so under uvicorn it must not block the event loop. Under Mangum
-    (``aws.event`` in the scope) a container serves one request at a time, so there is
-    nothing to unblock.
-
-    NOTE: running the PostgreSQL audit INSERT in worker threads too was measured at 431
-    requests/s against 1,669 on the event loop (two uvicorn workers, concurrency 16):
-    each thread waiting on the socket has to win the GIL back from CPU-bound threads.
-    """
-    request_id = _request_id(request)
-    if runtime.settings.stage2_mode is Stage2Mode.LAMBDA and "aws.event" not in request.scope:
-        return await run_in_threadpool(_decide, runtime, transactions, request_id)
-    return _decide(runtime, transactions, request_id)
-
-
-def _observe(batch: ScoredBatch) -> None:
-    """Log one line per new decision and emit the request's metrics.
+def _observe(runtime: Runtime, batch: ScoredBatch) -> None:
+    """Log one line per new decision and count the request's metrics.
 
     A repeated transaction id returns the stored decision. It is logged as a repeat and
     left out of the decision metrics, so client retries do not inflate them.
@@ -183,21 +231,18 @@ def _observe(batch: ScoredBatch) -> None:
         logger.info(message, extra=decision_log_fields(decision, record))
 
     stage2 = sum(1 for d in new if d.stage == "stage2")
-    degraded = sum(1 for d in new if d.degraded)
-    metrics.add_metric(name="Decisions", unit="Count", value=len(new))
-    metrics.add_metric(name="Stage1Decisions", unit="Count", value=len(new) - stage2)
-    metrics.add_metric(name="Stage2Decisions", unit="Count", value=stage2)
-    metrics.add_metric(name="Escalations", unit="Count", value=batch.escalated)
-    if batch.stage2_latency_ms is not None:
-        metrics.add_metric(name="Stage2Latency", unit="Milliseconds", value=batch.stage2_latency_ms)
-    if batch.stage2_error is not None:
-        metrics.add_metric(name="Stage2Errors", unit="Count", value=1)
-    if degraded:
-        metrics.add_metric(name="DegradedDecisions", unit="Count", value=degraded)
+    counts = {
+        "Decisions": len(new),
+        "Stage1Decisions": len(new) - stage2,
+        "Stage2Decisions": stage2,
+        "Escalations": batch.escalated,
+        "Stage2Errors": int(batch.stage2_error is not None),
+        "DegradedDecisions": sum(1 for d in new if d.degraded),
+    }
     if batch.audit_fallback is not None:
-        metrics.add_metric(name="AuditWriteFailures", unit="Count", value=1)
-        metrics.add_metric(name="AuditFallbackWrites", unit="Count", value=len(batch.decisions))
-    metrics.flush_metrics()
+        counts["AuditWriteFailures"] = 1
+        counts["AuditFallbackWrites"] = len(batch.decisions)
+    runtime.decision_metrics.add(counts, stage2_latency_ms=batch.stage2_latency_ms)
 
 
 def _audit_state(runtime: Runtime) -> Literal["ok", "unreachable", "disabled"]:
