@@ -89,6 +89,9 @@ sam-build: $(SAM_VENV)/.installed
 	PATH="$(PY_DIR):$$PATH" $(AWS_OFFLINE) $(SAM) build
 	find $(BUILD)/Stage1Function $(BUILD)/Stage2Function $(BUILD)/SharedLayer/python \
 	    -type d -name tests \( -path '*/numpy/*' -o -path '*/scipy/*' \) -prune -exec rm -rf {} +
+	# FastAPI imports pydantic.v1, when present, only to reject v1 models (21 ms of each
+	# stage-1 cold start); without it, it treats every model as a v2 model.
+	rm -rf $(BUILD)/Stage1Function/pydantic/v1
 	$(PYTHON) -m compileall -q -j 0 --invalidation-mode unchecked-hash \
 	    $(BUILD)/Stage1Function $(BUILD)/Stage2Function $(BUILD)/SharedLayer/python \
 	    $(BUILD)/AuditReplayFunction $(BUILD)/AuditSchemaFunction

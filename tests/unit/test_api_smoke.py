@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
+
+import pytest
 
 
 def _examples(bundle_dir: Path) -> dict[str, dict[str, float]]:
@@ -46,3 +49,24 @@ def test_health_metadata_page_docs(make_client) -> None:  # type: ignore[no-unty
     assert "Content-Security-Policy" in page.headers
     assert "<textarea" in page.text
     assert docs.status_code == 200
+
+
+def test_app_serves_without_pydantic_v1(  # type: ignore[no-untyped-def]
+    make_client, examples, monkeypatch
+) -> None:
+    # `make sam-build` removes pydantic.v1 from the stage-1 deployment.
+    import pydantic
+
+    monkeypatch.delattr(pydantic, "v1", raising=False)
+    monkeypatch.setitem(sys.modules, "pydantic.v1", None)
+    with pytest.raises(ImportError):
+        from pydantic import v1  # noqa: F401
+
+    client = make_client()
+    decision = client.post("/predict", json={"features": examples["uncertain"]})
+    invalid = client.post("/predict", json={"features": {"TX_AMOUNT": "x"}})
+    schema = client.get("/openapi.json")
+
+    assert decision.status_code == 200, decision.text
+    assert invalid.status_code == 422
+    assert schema.status_code == 200
