@@ -7,6 +7,16 @@ The bundle and the audit connection pool are created once, when the module is im
 
 from __future__ import annotations
 
+import gc
+
+# Init creates about 280,000 objects that live as long as the container
+# (FastAPI's and pydantic's models, the bundle, the clients). With the cyclic garbage
+# collector paused until init ends and those objects frozen afterwards, the collector
+# scans them neither during init nor in any later request. That took about 50 ms off the
+# stage-1 cold start with .pyc on the benchmark machine (median of 9 runs, 463 ms against
+# 518 to 606 ms).
+gc.disable()
+
 from typing import Any
 
 from aws_lambda_powertools.logging import correlation_paths
@@ -27,6 +37,9 @@ app = create_app(runtime)
 # with_root_path declares it as the ASGI root_path, so links under /docs keep it too.
 _mangum = Mangum(with_root_path(app, settings.api_base_path), lifespan="off",
                  api_gateway_base_path="/")
+
+gc.freeze()
+gc.enable()
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)

@@ -6,6 +6,12 @@ and verified once per container, at import.
 
 from __future__ import annotations
 
+import gc
+
+# As in the stage-1 function: no cyclic garbage collection during init, and the objects
+# that init created (numpy, XGBoost, the booster) are frozen out of later collections.
+gc.disable()
+
 from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -15,6 +21,9 @@ from fraudscore.settings import Settings
 from fraudscore.stage2_service import Stage2Service
 
 service = Stage2Service.start(Settings.from_env())
+
+gc.freeze()
+gc.enable()
 
 
 @logger.inject_lambda_context(correlation_id_path="correlation_id")

@@ -8,6 +8,7 @@ afterwards.
 from __future__ import annotations
 
 import copy
+import gc
 import importlib.util
 import json
 import math
@@ -116,6 +117,7 @@ def stage1(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     if module.runtime.audit is not None:
         module.runtime.audit.close()
     del sys.modules[module.__name__]
+    gc.unfreeze()
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +128,7 @@ def stage2(bundle_dir: Path) -> Iterator[ModuleType]:
         module = _load_module_by_path(ROOT / "functions" / "stage2" / "handler.py")
     yield module
     del sys.modules[module.__name__]
+    gc.unfreeze()
 
 
 def _event(name: str) -> dict[str, Any]:
@@ -293,6 +296,28 @@ def test_predict_uncertain_event(stage1: ModuleType, bundle: Bundle) -> None:
     assert decision["stage2_probability"] is not None
     assert decision["fraud_probability"] == decision["stage2_probability"]
     assert bundle.band.low <= decision["stage1_probability"] < bundle.band.high
+
+
+@pytest.mark.parametrize(("path", "attribute"), [
+    ("functions/stage1/app.py", "runtime"),
+    ("functions/stage2/handler.py", "service"),
+])
+def test_init_freezes_its_objects(bundle_dir: Path, path: str, attribute: str) -> None:
+    with pytest.MonkeyPatch.context() as patch:
+        _clean_environment(patch, {Env.MODEL_URI: str(bundle_dir),
+                                   Env.STAGE2_MODE: "inprocess", Env.AUDIT_ENABLED: "false"})
+        gc.unfreeze()
+        module = _load_module_by_path(ROOT / path)
+    try:
+        built = getattr(module, attribute)
+
+        assert gc.isenabled()
+        assert gc.get_freeze_count() > 10_000
+        # Frozen objects are in no generation that a collection scans.
+        assert all(tracked is not built for tracked in gc.get_objects())
+    finally:
+        del sys.modules[module.__name__]
+        gc.unfreeze()
 
 
 def test_each_invocation_flushes_its_metrics(
