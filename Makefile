@@ -103,7 +103,7 @@ bench-smoke: install
 	$(BIN)/python -m benchmarks --smoke
 
 clean:
-	rm -rf .aws-sam data model audit.db audit.db-* audit-spool.jsonl
+	rm -rf .aws-sam data model audit.db audit.db-* audit-spool.jsonl audit-spool.jsonl.*
 
 # Full run on the public reference data set (see docs/model-quality.md).
 reference-train: install

@@ -63,8 +63,8 @@ def test_outage_loses_and_duplicates_nothing(  # type: ignore[no-untyped-def]
     assert spooled >= len(OUTAGE) - 5  # a few requests may land before the pool notices
 
     runtime = client.app.state.runtime
-    assert replay_spool(spool, runtime.audit) == spooled
-    assert replay_spool(spool, runtime.audit) == 0  # a second replay finds nothing
+    assert replay_spool(spool, runtime.audit).replayed == spooled
+    assert replay_spool(spool, runtime.audit).replayed == 0  # a second replay finds nothing
 
     with direct.connect() as connection:
         rows = connection.execute(text(
@@ -94,7 +94,7 @@ def test_replaying_twice_adds_nothing(  # type: ignore[no-untyped-def]
                               "decided_at": row["decided_at"].isoformat()})
     spool.write_text(record_json + "\n" + record_json + "\n")
 
-    replayed = replay_spool(spool, client.app.state.runtime.audit)
+    replayed = replay_spool(spool, client.app.state.runtime.audit).replayed
 
     with direct.connect() as connection:
         count = connection.execute(text("SELECT count(*) FROM audit_decisions")).scalar_one()

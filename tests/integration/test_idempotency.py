@@ -139,3 +139,22 @@ def test_repeat_not_counted_as_decision(  # type: ignore[no-untyped-def]
     assert [record["Decisions"] for record in emf] == [[0.0]]
     assert "repeated decision returned" in logged
     assert '"decision"' not in logged
+
+
+def test_repeat_not_counted_as_escalation(  # type: ignore[no-untyped-def]
+    make_client, database_url, examples, capsys
+) -> None:
+    client = make_client(database_url=database_url)
+    decision_metrics = client.app.state.runtime.decision_metrics
+    body = {"transaction_id": "escalate-once", "features": examples["uncertain"]}
+    first = client.post("/predict", json=body)
+    decision_metrics.flush()
+    capsys.readouterr()
+
+    client.post("/predict", json=body)
+    decision_metrics.flush()
+    emf = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+
+    assert first.json()["stage"] == "stage2"
+    assert [record["Escalations"] for record in emf] == [[0.0]]
+    assert [record["Decisions"] for record in emf] == [[0.0]]

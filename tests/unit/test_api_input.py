@@ -6,11 +6,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -378,6 +380,29 @@ def test_chunked_body_over_limit(make_client: ClientFactory) -> None:
     assert "content-length" not in response.request.headers
     assert response.status_code == 413, response.text
     assert "limit is 256" in response.json()["detail"]
+
+
+def test_chunked_body_read_stops_at_limit(make_client: ClientFactory) -> None:
+    app = make_client(max_body_bytes=1024).app
+    pulled = 0
+
+    async def chunks() -> AsyncIterator[bytes]:
+        nonlocal pulled
+        for _ in range(10_000):  # 10 MB if read whole
+            pulled += 1
+            yield b" " * 1024
+
+    async def send() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.post("/predict", content=chunks(),
+                                     headers={"content-type": JSON_TYPE})
+
+    response = asyncio.run(send())
+
+    assert response.status_code == 413, response.text
+    assert "limit is 1024" in response.json()["detail"]
+    assert pulled <= 3
 
 
 def test_valid_request_after_bad_input(client: TestClient, metadata: Metadata) -> None:

@@ -70,3 +70,15 @@ def test_app_serves_without_pydantic_v1(  # type: ignore[no-untyped-def]
     assert decision.status_code == 200, decision.text
     assert invalid.status_code == 422
     assert schema.status_code == 200
+
+
+def test_health_head_and_unique_operation_ids(make_client) -> None:  # type: ignore[no-untyped-def]
+    client = make_client()
+
+    head = client.head("/health")
+    operations = [operation["operationId"]
+                  for path in client.get("/openapi.json").json()["paths"].values()
+                  for operation in path.values()]
+
+    assert head.status_code == 200
+    assert len(operations) == len(set(operations))

@@ -8,6 +8,7 @@ queue); locally it is an append-only JSON Lines spool file.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
@@ -39,6 +40,9 @@ class SpoolFallback:
 
     Appends hold an exclusive ``flock`` on the file, so several worker processes can
     share one spool. Replay renames the file first; later appends start a new file.
+    A write is all or nothing: an append that fails half way (a full disk) is truncated
+    away and raises AuditError, and a line left unterminated by a crash is ended before
+    the next append, so it cannot swallow a new record.
     """
 
     name = "spool"
@@ -50,11 +54,10 @@ class SpoolFallback:
         payload = "".join(record.to_json() + "\n" for record in records).encode("utf-8")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            descriptor = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
             try:
                 fcntl.flock(descriptor, fcntl.LOCK_EX)
-                os.write(descriptor, payload)
-                os.fsync(descriptor)
+                _append_all(descriptor, payload)
             finally:
                 os.close(descriptor)
         except OSError as exc:
@@ -62,12 +65,35 @@ class SpoolFallback:
         logger.warning("spooled %d audit record(s) to %s", len(records), self.path)
 
     def pending(self) -> int:
-        """Number of records waiting in the spool file (0 when it does not exist)."""
-        try:
-            with self.path.open("rb") as handle:
-                return sum(1 for _ in handle)
-        except FileNotFoundError:
-            return 0
+        """Number of records waiting: lines in the spool and in unfinished replays."""
+        files = [self.path, *self.path.parent.glob(f"{self.path.name}.replaying-*")]
+        total = 0
+        for path in files:
+            try:
+                with path.open("rb") as handle:
+                    total += sum(1 for line in handle if line.strip())
+            except FileNotFoundError:
+                continue
+        return total
+
+
+def _append_all(descriptor: int, payload: bytes) -> None:
+    """Append ``payload`` and fsync, or leave the file as it was and raise OSError."""
+    end = os.lseek(descriptor, 0, os.SEEK_END)
+    if end > 0 and os.pread(descriptor, 1, end - 1) != b"\n":
+        # A process died in the middle of a line; end it, and replay reports it.
+        payload = b"\n" + payload
+    try:
+        written = 0
+        while written < len(payload):
+            count = os.write(descriptor, payload[written:])
+            if count == 0:
+                raise OSError(errno.ENOSPC, "no bytes written")
+            written += count
+        os.fsync(descriptor)
+    except OSError:
+        os.ftruncate(descriptor, end)
+        raise
 
 
 class SqsFallback:

@@ -13,10 +13,12 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from fraudscore.audit import AuditRecord, AuditStore
 from fraudscore.database import open_audit_database
+from fraudscore.exceptions import AuditError, ConfigurationError
 from fraudscore.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -24,28 +26,37 @@ logger = logging.getLogger(__name__)
 REPLAY_CHUNK = 500
 
 
-class SpoolFormatError(ValueError):
-    """A spool line other than the last cannot be parsed; the file is kept for inspection."""
-
-
-def replay_spool(spool: Path, store: AuditStore) -> int:
+def replay_spool(spool: Path, store: AuditStore) -> ReplayResult:
     """Write every record of ``spool`` (and of earlier interrupted replays) to ``store``.
 
-    Returns the number of records read. A file is deleted only after all its records
-    were written; on an error it stays for the next run.
+    A file is deleted only after all its records were written; on a database error it
+    stays for the next run. Lines that are not a valid record (a line cut short by a
+    crash, say) are appended to ``<spool>.unreadable`` for inspection, and the other
+    records are replayed.
     """
     claimed = _claim(spool)
-    total = 0
+    result = ReplayResult()
     for path in sorted(spool.parent.glob(f"{spool.name}.replaying-*")):
-        records = _read(path)
+        records, unreadable = _read(path)
+        if unreadable:
+            _quarantine(spool.with_name(f"{spool.name}.unreadable"), unreadable)
         for start in range(0, len(records), REPLAY_CHUNK):
             store.write(records[start:start + REPLAY_CHUNK], keep_conflicts=True)
         path.unlink()
-        total += len(records)
+        result.replayed += len(records)
+        result.unreadable += len(unreadable)
         logger.info("replayed %d audit record(s) from %s", len(records), path)
-    if claimed is None and total == 0:
+    if claimed is None and result.replayed == 0 and result.unreadable == 0:
         logger.info("audit spool %s is empty", spool)
-    return total
+    return result
+
+
+@dataclass
+class ReplayResult:
+    """Records written to the database, and unreadable lines set aside."""
+
+    replayed: int = 0
+    unreadable: int = 0
 
 
 def _claim(spool: Path) -> Path | None:
@@ -57,21 +68,30 @@ def _claim(spool: Path) -> Path | None:
     return target
 
 
-def _read(path: Path) -> list[AuditRecord]:
-    lines = path.read_text(encoding="utf-8").splitlines()
-    records = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(AuditRecord.from_json(line))
-        except (ValueError, TypeError, KeyError) as exc:
-            if number < len(lines):
-                raise SpoolFormatError(f"{path}:{number}: unreadable audit record: {exc}") from exc
-            # A torn last line means the process died during the write, before fsync
-            # returned, so that decision was never returned to a caller.
-            logger.error("skipping torn last spool line %s:%d: %s", path, number, exc)
-    return records
+def _read(path: Path) -> tuple[list[AuditRecord], list[str]]:
+    records: list[AuditRecord] = []
+    unreadable: list[str] = []
+    with path.open(encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(AuditRecord.from_json(line))
+            except (ValueError, TypeError, KeyError) as exc:
+                # A spool write that fails is truncated away, so a line cut short comes
+                # from a process that died before fsync returned: its decision was never
+                # returned to a caller.
+                logger.error("unreadable audit record at %s:%d: %s", path, number, exc)
+                unreadable.append(line if line.endswith("\n") else line + "\n")
+    return records, unreadable
+
+
+def _quarantine(path: Path, lines: list[str]) -> None:
+    with path.open("a", encoding="utf-8") as handle:
+        handle.writelines(lines)
+        handle.flush()
+        os.fsync(handle.fileno())
+    logger.error("kept %d unreadable spool line(s) in %s", len(lines), path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -88,13 +108,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     overrides = {"database_url": args.database_url} if args.database_url else {}
     settings = Settings.from_env(**overrides)
-    store = AuditStore(open_audit_database(settings))
     try:
-        count = replay_spool(Path(args.spool or settings.audit_spool_path), store)
-    finally:
-        store.close()
-    logger.info("replay finished: %d record(s)", count)
-    return 0
+        store = AuditStore(open_audit_database(settings))
+        try:
+            result = replay_spool(Path(args.spool or settings.audit_spool_path), store)
+        finally:
+            store.close()
+    except (ConfigurationError, AuditError) as exc:
+        # The spool files stay in place for the next run.
+        logger.error("replay stopped: %s", exc)
+        return 2
+    logger.info("replay finished: %d record(s) written, %d unreadable line(s) set aside",
+                result.replayed, result.unreadable)
+    return 1 if result.unreadable else 0
 
 
 if __name__ == "__main__":

@@ -12,7 +12,10 @@ from collections.abc import Sequence
 
 from fraudscore.audit import create_schema
 from fraudscore.database import open_audit_database
+from fraudscore.exceptions import ConfigurationError, DatabaseError
 from fraudscore.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -28,11 +31,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     overrides = {"database_url": args.database_url} if args.database_url else {}
-    database = open_audit_database(Settings.from_env(**overrides))
     try:
-        create_schema(database)
-    finally:
-        database.close()
+        database = open_audit_database(Settings.from_env(**overrides))
+        try:
+            create_schema(database)
+        finally:
+            database.close()
+    except (ConfigurationError, DatabaseError) as exc:
+        logger.error("audit schema not created: %s", exc)
+        return 1
     return 0
 
 

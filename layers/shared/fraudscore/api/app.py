@@ -235,7 +235,8 @@ def _observe(runtime: Runtime, batch: ScoredBatch) -> None:
         "Decisions": len(new),
         "Stage1Decisions": len(new) - stage2,
         "Stage2Decisions": stage2,
-        "Escalations": batch.escalated,
+        # Escalated: scored by stage 2, or in the band but stage 2 gave no probability.
+        "Escalations": sum(1 for d in new if d.stage == "stage2" or d.degraded),
         "Stage2Errors": int(batch.stage2_error is not None),
         "DegradedDecisions": sum(1 for d in new if d.degraded),
     }
@@ -282,8 +283,11 @@ def _build_router(runtime: Runtime) -> APIRouter:
         batch = await _decide_async(runtime, body.transactions, request)
         return {"request_id": batch.request_id, "decisions": [d.to_dict() for d in batch.decisions]}
 
-    @router.api_route("/health", methods=["GET", "HEAD"], response_model=HealthResponse,
-                      tags=["operations"], responses={503: {"model": HealthResponse}})
+    # HEAD is served by the same function, but only GET is listed in the OpenAPI
+    # document: one route for both would give them the same operationId.
+    @router.head("/health", include_in_schema=False)
+    @router.get("/health", response_model=HealthResponse, tags=["operations"],
+                responses={503: {"model": HealthResponse}})
     def health() -> JSONResponse:
         """Liveness and readiness: bundle loaded and audit store (or its fallback) usable."""
         service = runtime.service

@@ -117,7 +117,28 @@ class StrictJSONRoute(APIRoute):
                     raise HTTPException(
                         415, f"content type must be application/json, got {media_type!r}"
                     )
-                check_json_body(await request.body(), max_bytes=limit)
+                check_json_body(await _read_body(request, limit), max_bytes=limit)
             return await handler(request)
 
         return strict_handler
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """Read the body, raising 413 as soon as it exceeds ``limit`` bytes.
+
+    A chunked body has no Content-Length to check first, and ``request.body()`` would
+    read it whole before any check. The body is kept on the request, where Starlette's
+    ``Request.body()`` looks for it, so FastAPI parses the same bytes.
+    """
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(
+                413, f"request body is more than {limit} bytes; the limit is {limit}"
+            )
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    request._body = body
+    return body
