@@ -12,8 +12,8 @@ requests (health checks included) while a write waits for the database, even one
 hangs until its timeout. One group per event loop is in flight at a time; the records
 queued meanwhile form the next group.
 
-Under Mangum a Lambda container serves one request at a time, so each group contains one
-record and the statement is the one a direct write sends.
+Under Mangum a Lambda container serves one request at a time, so the stage-1 app writes
+its audit records directly there (:meth:`AuditStore.write`), without this writer.
 """
 
 from __future__ import annotations

@@ -175,7 +175,7 @@ class DecisionService:
         """Like :meth:`decide`, for a request served on an event loop.
 
         A single decision's audit record joins the group that :class:`AuditGroupWriter`
-        writes for the event loop's turn, one INSERT for all concurrent requests. Several
+        writes, one INSERT for the concurrent requests of the event loop. Several
         decisions are written as :meth:`decide` writes them, in their own transaction, so
         a conflict on one of them still writes none.
         """
