@@ -23,6 +23,9 @@ TEST_DATABASE_ENV = "TEST_DATABASE_URL"
 DATABASE_PASSWORD = f"pw-{uuid.uuid4().hex}"
 CAPTURED_OUTPUT: list[str] = []
 
+# Fixtures defined in other modules of this folder.
+pytest_plugins = ["tests.postgres_audit"]
+
 
 class _CaptureAll(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:

@@ -3,43 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
 
-from fraudscore.audit import AuditRecord, AuditStore, create_schema
+from fraudscore.audit import AuditRecord, AuditStore
 from fraudscore.audit_group import AuditGroupWriter
 from fraudscore.database import open_database_url
 from fraudscore.exceptions import AuditError, IdempotencyConflictError
 from tests.audit_records import make_audit_record
 from tests.ports import free_port
+from tests.postgres_audit import count_round_trips
 
 pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture
-def store(postgres_database_url: str) -> Iterator[AuditStore]:
-    create_schema(postgres_database_url)
-    store = AuditStore(open_database_url(postgres_database_url))
-    store.write([make_audit_record("warm-up")])  # opens the pooled connection
-    yield store
-    store.close()
-
-
-def _count_round_trips(store: AuditStore) -> list[int]:
-    """Count pg8000's waits for a server response on the store's pooled connection."""
-    calls = [0]
-    with store.database.connection() as (connection, _reused):
-        raw: Any = connection.raw  # type: ignore[attr-defined]
-    original = raw.handle_messages
-
-    def counted(*args: Any, **kwargs: Any) -> Any:
-        calls[0] += 1
-        return original(*args, **kwargs)
-
-    raw.handle_messages = counted
-    return calls
+def store(postgres_store: AuditStore) -> AuditStore:
+    return postgres_store
 
 
 def _stored_ids(store: AuditStore) -> set[str]:
@@ -60,7 +42,7 @@ def test_write_each_one_round_trip(store: AuditStore) -> None:
     new = make_audit_record("fresh")
     repeat = make_audit_record("taken")
     conflict = make_audit_record("taken", features_sha256="b" * 64)
-    calls = _count_round_trips(store)
+    calls = count_round_trips(store)
 
     outcomes = store.write_each([new, repeat, conflict])
 
@@ -88,7 +70,7 @@ def test_write_each_same_id_in_group(store: AuditStore) -> None:
 def test_group_concurrent_writes_one_insert(store: AuditStore) -> None:
     writer = AuditGroupWriter(store)
     records = [make_audit_record(f"group-{i}") for i in range(20)]
-    calls = _count_round_trips(store)
+    calls = count_round_trips(store)
 
     outcomes = asyncio.run(_write_concurrently(writer, records))
 
@@ -150,7 +132,7 @@ def test_group_database_down_fails_all_once() -> None:
 def test_group_over_limit_is_split(store: AuditStore) -> None:
     writer = AuditGroupWriter(store, max_records=2)
     records = [make_audit_record(f"split-{i}") for i in range(5)]
-    calls = _count_round_trips(store)
+    calls = count_round_trips(store)
 
     outcomes = asyncio.run(_write_concurrently(writer, records))
 
@@ -160,7 +142,7 @@ def test_group_over_limit_is_split(store: AuditStore) -> None:
 
 def test_group_sequential_writes_alone(store: AuditStore) -> None:
     writer = AuditGroupWriter(store)
-    calls = _count_round_trips(store)
+    calls = count_round_trips(store)
 
     async def one_after_another() -> None:
         for i in range(3):

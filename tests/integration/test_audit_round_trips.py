@@ -2,44 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
-
 import pytest
 
-from fraudscore.audit import AuditStore, create_schema
-from fraudscore.database import open_database_url
+from fraudscore.audit import AuditStore
 from tests.audit_records import make_audit_record
+from tests.postgres_audit import count_round_trips
 
 pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture
-def store(postgres_database_url: str) -> Iterator[AuditStore]:
-    create_schema(postgres_database_url)
-    store = AuditStore(open_database_url(postgres_database_url))
-    store.write([make_audit_record("warm-up")])  # opens the pooled connection
-    yield store
-    store.close()
-
-
-def _count_round_trips(store: AuditStore) -> list[int]:
-    """Count pg8000's waits for a server response on the store's pooled connection."""
-    calls = [0]
-    with store.database.connection() as (connection, _reused):
-        raw: Any = connection.raw  # type: ignore[attr-defined]
-    original = raw.handle_messages
-
-    def counted(*args: Any, **kwargs: Any) -> Any:
-        calls[0] += 1
-        return original(*args, **kwargs)
-
-    raw.handle_messages = counted
-    return calls
+def store(postgres_store: AuditStore) -> AuditStore:
+    return postgres_store
 
 
 def test_single_decision_one_round_trip(store: AuditStore) -> None:
-    calls = _count_round_trips(store)
+    calls = count_round_trips(store)
 
     store.write([make_audit_record("single")])
 
@@ -50,7 +28,7 @@ def test_single_decision_one_round_trip(store: AuditStore) -> None:
 def test_repeat_two_round_trips(store: AuditStore) -> None:
     first = make_audit_record("again")
     store.write([first])
-    calls = _count_round_trips(store)
+    calls = count_round_trips(store)
 
     repeats = store.write([make_audit_record("again")])
 
@@ -59,7 +37,7 @@ def test_repeat_two_round_trips(store: AuditStore) -> None:
 
 
 def test_batch_three_round_trips(store: AuditStore) -> None:
-    calls = _count_round_trips(store)
+    calls = count_round_trips(store)
 
     store.write([make_audit_record(f"batch-{i}") for i in range(1000)])
 
