@@ -31,5 +31,7 @@ def decode_json_message(message: Any) -> Any:
     return message
 
 
+# NOTE: the module loggers (``fraudscore.*``: audit fallback, retries, replay) do not go
+# through this logger, so outside Lambda their lines are plain text, not JSON.
 logger = Logger(service=SERVICE_NAME, json_deserializer=decode_json_message)
 metrics = Metrics(namespace=METRICS_NAMESPACE, service=SERVICE_NAME)
