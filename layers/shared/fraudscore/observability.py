@@ -32,6 +32,7 @@ def decode_json_message(message: Any) -> Any:
 
 
 # NOTE: the module loggers (``fraudscore.*``: audit fallback, retries, replay) do not go
-# through this logger, so outside Lambda their lines are plain text, not JSON.
+# through this logger. Their lines are text, not JSON: Lambda's text format in AWS, the
+# bare message under uvicorn.
 logger = Logger(service=SERVICE_NAME, json_deserializer=decode_json_message)
 metrics = Metrics(namespace=METRICS_NAMESPACE, service=SERVICE_NAME)
