@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -129,3 +130,40 @@ def test_replay_unreachable_database_keeps_spool(tmp_path: Path) -> None:
 
     assert code == 2
     assert spool.pending() == 1
+
+
+def test_replay_during_writes_loses_nothing(tmp_path: Path, store: AuditStore) -> None:
+    # Writer processes append while replays rename and read the spool.
+    path = tmp_path / "spool.jsonl"
+    writer = textwrap.dedent(f"""
+        import sys
+        sys.path[:0] = {[str(ROOT), str(ROOT / "layers" / "shared")]!r}
+        from fraudscore.audit_fallback import SpoolFallback
+        from tests.audit_records import make_audit_record
+        spool = SpoolFallback({str(path)!r})
+        for i in range(300):
+            spool.write([make_audit_record(f"{{sys.argv[1]}}-{{i}}")])
+    """)
+    writers = [subprocess.Popen([sys.executable, "-c", writer, f"w{n}"])
+               for n in range(4)]
+
+    replays = 0
+    while any(process.poll() is None for process in writers):
+        replay_spool(path, store)
+        replays += 1
+    replay_spool(path, store)
+
+    assert [process.returncode for process in writers] == [0, 0, 0, 0]
+    assert replays > 1
+    assert store.count() == 1200
+
+
+def test_concurrent_replays_share_the_work(tmp_path: Path, store: AuditStore) -> None:
+    spool = SpoolFallback(tmp_path / "spool.jsonl")
+    spool.write([make_audit_record(f"r-{i}") for i in range(2000)])
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(lambda _: replay_spool(spool.path, store), range(2)))
+
+    assert sorted(result.replayed for result in results) == [0, 2000]
+    assert store.count() == 2000

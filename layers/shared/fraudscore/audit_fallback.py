@@ -54,15 +54,23 @@ class SpoolFallback:
         payload = "".join(record.to_json() + "\n" for record in records).encode("utf-8")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            descriptor = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(descriptor, fcntl.LOCK_EX)
-                _append_all(descriptor, payload)
-            finally:
-                os.close(descriptor)
+            while not self._append(payload):
+                pass  # a replay renamed the file while this write waited for the lock
         except OSError as exc:
             raise AuditError(f"audit spool {self.path} is not writable: {exc}") from exc
         logger.warning("spooled %d audit record(s) to %s", len(records), self.path)
+
+    def _append(self, payload: bytes) -> bool:
+        """Append under the lock; return False if the opened file is no longer the spool."""
+        descriptor = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            if not is_current(descriptor, self.path):
+                return False
+            _append_all(descriptor, payload)
+            return True
+        finally:
+            os.close(descriptor)
 
     def pending(self) -> int:
         """Number of records waiting: lines in the spool and in unfinished replays."""
@@ -75,6 +83,20 @@ class SpoolFallback:
             except FileNotFoundError:
                 continue
         return total
+
+
+def is_current(descriptor: int, path: Path) -> bool:
+    """True when ``descriptor`` is still the file at ``path`` (not renamed or replaced).
+
+    Replay renames the spool while it holds the lock, so a writer that opened the file
+    before the rename and got the lock after it must open the path again.
+    """
+    try:
+        current = os.stat(path)
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(descriptor)
+    return (opened.st_dev, opened.st_ino) == (current.st_dev, current.st_ino)
 
 
 def _append_all(descriptor: int, payload: bytes) -> None:

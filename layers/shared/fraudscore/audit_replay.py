@@ -9,14 +9,17 @@ replay twice, or after a crash half way, never duplicates a row.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from fraudscore.audit import AuditRecord, AuditStore
+from fraudscore.audit_fallback import is_current
 from fraudscore.database import open_audit_database
 from fraudscore.exceptions import AuditError, ConfigurationError
 from fraudscore.settings import Settings
@@ -34,6 +37,11 @@ def replay_spool(spool: Path, store: AuditStore) -> ReplayResult:
     crash, say) are appended to ``<spool>.unreadable`` for inspection, and the other
     records are replayed.
     """
+    with _replay_lock(spool):
+        return _replay_locked(spool, store)
+
+
+def _replay_locked(spool: Path, store: AuditStore) -> ReplayResult:
     claimed = _claim(spool)
     result = ReplayResult()
     for path in sorted(spool.parent.glob(f"{spool.name}.replaying-*")):
@@ -59,13 +67,35 @@ class ReplayResult:
     unreadable: int = 0
 
 
-def _claim(spool: Path) -> Path | None:
-    target = spool.with_name(f"{spool.name}.replaying-{time.time_ns()}")
+@contextmanager
+def _replay_lock(spool: Path) -> Iterator[None]:
+    """Hold ``<spool>.replay-lock``, so that two replays never read the same files."""
+    descriptor = os.open(spool.with_name(f"{spool.name}.replay-lock"),
+                         os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        os.replace(spool, target)
-    except FileNotFoundError:
-        return None
-    return target
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)
+
+
+def _claim(spool: Path) -> Path | None:
+    """Rename the spool under the writers' lock; return the new name, None if none."""
+    target = spool.with_name(f"{spool.name}.replaying-{time.time_ns()}")
+    while True:
+        try:
+            descriptor = os.open(spool, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            # Writers append under this lock. Once the rename is done under it, a writer
+            # that waited for it finds that its file was renamed and opens the path again.
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            if is_current(descriptor, spool):
+                os.replace(spool, target)
+                return target
+        finally:
+            os.close(descriptor)
 
 
 def _read(path: Path) -> tuple[list[AuditRecord], list[str]]:
@@ -87,7 +117,9 @@ def _read(path: Path) -> tuple[list[AuditRecord], list[str]]:
 
 
 def _quarantine(path: Path, lines: list[str]) -> None:
-    with path.open("a", encoding="utf-8") as handle:
+    # Owner-only, like the spool: the lines hold transactions' features.
+    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    with os.fdopen(descriptor, "a", encoding="utf-8") as handle:
         handle.writelines(lines)
         handle.flush()
         os.fsync(handle.fileno())

@@ -314,6 +314,8 @@ def _build_router(runtime: Runtime) -> APIRouter:
         refusal = runtime.watcher.last_refusal if runtime.watcher else None
         if refusal is not None:
             body.bundle_refused = f"{refusal.location}: {refusal.reason}"
+        # NOTE: the fallback itself is not probed. With the database down and the spool's
+        # disk full, scoring requests get 503 while this reports "degraded".
         if service is None or (body.audit_store == "unreachable" and service.fallback is None):
             body.status = "unavailable"
         elif (body.audit_store == "unreachable" or body.audit_fallback
