@@ -23,14 +23,14 @@ TIMEOUT_SECONDS = 2.0
 def silent_server() -> Iterator[int]:
     """A TCP server on 127.0.0.1 that accepts connections and never sends a byte."""
     listener = socket.create_server(("127.0.0.1", 0))
-    held: list[socket.socket] = []
+    accepted: list[socket.socket] = []
     stop = threading.Event()
 
     def accept() -> None:
         listener.settimeout(0.2)
         while not stop.is_set():
             try:
-                held.append(listener.accept()[0])
+                accepted.append(listener.accept()[0])
             except TimeoutError:
                 continue
             except OSError:
@@ -41,7 +41,7 @@ def silent_server() -> Iterator[int]:
     yield listener.getsockname()[1]
     stop.set()
     thread.join()
-    for connection in held:
+    for connection in accepted:
         connection.close()
     listener.close()
 

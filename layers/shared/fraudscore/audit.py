@@ -188,11 +188,11 @@ class AuditStore:
         """Insert independent single-decision records with one statement; return each outcome.
 
         The result equals calling ``write([record])`` for each record in turn, in one
-        round trip instead of one per record: a record whose transaction id is already
-        stored with the same features gets ``{decision_id: stored record}``, one stored
-        with other features gets an IdempotencyConflictError (nothing written for it), and
-        a new one gets ``{}``. The records may come from different requests; a conflict
-        of one record does not affect the others.
+        round trip instead of one per record. A new record gets ``{}``. A record whose
+        transaction id is stored with the same features gets ``{decision_id: stored
+        record}``. One stored with other features gets an IdempotencyConflictError, and
+        nothing is written for it. The records may come from different requests, and a
+        conflict of one record does not affect the others.
 
         Raises
         ------
@@ -327,9 +327,9 @@ def _compare(
 ) -> AuditRecord | IdempotencyConflictError | None:
     """Classify a record that the INSERT skipped against the one stored under its key.
 
-    Returns None when no other decision is stored under it (the record itself was
-    stored before: a replay), the stored record when it has the same features (a
-    repeat), and the error to raise when it has other features (a conflict).
+    Returns None when no other decision is stored under its key, because the record
+    itself was stored before (a replay). Returns the stored record when it has the same
+    features (a repeat), and the error to raise when it has other features (a conflict).
     """
     if existing is None or existing.decision_id == record.decision_id:
         return None

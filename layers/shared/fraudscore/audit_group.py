@@ -97,9 +97,7 @@ class AuditGroupWriter:
         outcomes: list[_Outcome]
         if done.cancelled():
             outcomes = [AuditError("audit write was cancelled")] * len(group)
-        elif done.exception() is not None:
-            error = done.exception()
-            assert error is not None
+        elif (error := done.exception()) is not None:
             outcomes = [error] * len(group)
         else:
             outcomes = done.result()

@@ -29,6 +29,7 @@ ALWAYS_WRITTEN = ("Decisions", "Stage1Decisions", "Stage2Decisions", "Escalation
 WRITTEN_WHEN_SEEN = ("Stage2Errors", "DegradedDecisions", "AuditWriteFailures",
                      "AuditFallbackWrites")
 STAGE2_LATENCY = "Stage2Latency"
+_KNOWN = frozenset({*ALWAYS_WRITTEN, *WRITTEN_WHEN_SEEN})
 
 
 class MetricsSink(Protocol):
@@ -53,27 +54,25 @@ class DecisionMetrics:
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
         self._stage2_latency_ms: list[float] = []
-        self._observed = False
 
     def add(self, counts: dict[str, int], *, stage2_latency_ms: float | None = None) -> None:
         """Add one request's counts (names of ``ALWAYS_WRITTEN``/``WRITTEN_WHEN_SEEN``)."""
-        unknown = counts.keys() - {*ALWAYS_WRITTEN, *WRITTEN_WHEN_SEEN}
+        unknown = counts.keys() - _KNOWN
         if unknown:
             raise ValueError(f"unknown decision metric(s): {sorted(unknown)}")
         with self._lock:
             self._counts.update(counts)
             if stage2_latency_ms is not None:
                 self._stage2_latency_ms.append(stage2_latency_ms)
-            self._observed = True
 
     def flush(self) -> None:
         """Write the counts added since the last flush as one EMF line; nothing if none."""
         with self._lock:
-            if not self._observed:
+            # A request adds every count it names, zeros included, so the keys show it.
+            if not self._counts and not self._stage2_latency_ms:
                 return
             counts, self._counts = self._counts, Counter()
             latencies, self._stage2_latency_ms = self._stage2_latency_ms, []
-            self._observed = False
 
             # Still under the lock: Powertools' Metrics keeps one metric set per process.
             # It writes a record by itself whenever a metric reaches 100 values (the EMF
