@@ -1,4 +1,5 @@
-"""AWS clients: one botocore session whose data loader does not scan every service."""
+"""AWS clients: one botocore session whose data loader neither scans every service nor
+builds OrderedDicts."""
 
 from __future__ import annotations
 
@@ -9,9 +10,15 @@ import shutil
 from pathlib import Path
 
 import botocore
+import botocore.loaders
 import pytest
 
-from fraudscore.aws_clients import SERVICES, create_client
+from fraudscore.aws_clients import (
+    SERVICES,
+    PlainJSONFileLoader,
+    create_client,
+    make_data_loader,
+)
 
 DATA_DIR = Path(botocore.__file__).parent / "data"
 
@@ -69,3 +76,31 @@ def test_data_path_models_still_found(tmp_path: Path, monkeypatch: pytest.Monkey
     client = create_client("sqs")
 
     assert client.meta.service_model.api_version == "2099-01-01"
+
+
+@pytest.mark.parametrize("service_name", sorted(SERVICES))
+def test_models_equal_botocore_own_loader(service_name: str) -> None:
+    # The same data as botocore reads, in plain dicts instead of OrderedDicts.
+    ours = make_data_loader()
+    theirs = botocore.loaders.Loader()
+
+    for type_name in ("service-2", "endpoint-rule-set-1"):
+        loaded = ours.load_service_model(service_name, type_name)
+        assert loaded == theirs.load_service_model(service_name, type_name)
+        assert type(loaded) is dict
+    assert ours.load_data("endpoints") == theirs.load_data("endpoints")
+
+
+def test_plain_loader_reads_json_and_gzip(tmp_path: Path) -> None:
+    loader = PlainJSONFileLoader()
+    (tmp_path / "plain.json").write_text('{"b": 1, "a": {"c": [2]}}')
+    (tmp_path / "packed.json.gz").write_bytes(gzip.compress(b'{"z": true}'))
+
+    plain = loader.load_file(str(tmp_path / "plain"))
+
+    assert plain == {"b": 1, "a": {"c": [2]}}
+    assert list(plain) == ["b", "a"]
+    assert loader.load_file(str(tmp_path / "packed")) == {"z": True}
+    assert loader.exists(str(tmp_path / "packed"))
+    assert loader.load_file(str(tmp_path / "missing")) is None
+    assert not loader.exists(str(tmp_path / "missing"))

@@ -12,10 +12,17 @@ each with its versions) before it loads the first service model, to tell an unkn
 service name from a known one. Measured with ``python -S -s -B`` and botocore from the
 build output on the benchmark machine, creating the first (Lambda) client took 69 to 75 ms
 with botocore's loader and 43 ms with this one.
+
+The loader also parses the model files into plain dicts. botocore's own file loader
+builds an ``OrderedDict`` for every JSON object, which made parsing its 1.2 MB endpoint
+file 2.5 times slower (15.5 ms against 6.1 ms on the benchmark machine); dicts keep
+insertion order too, and botocore does not rely on any ``OrderedDict`` method.
 """
 
 from __future__ import annotations
 
+import gzip
+import json
 import os
 import threading
 from typing import Any
@@ -48,9 +55,34 @@ def create_client(service_name: str, **kwargs: Any) -> Any:
         return _session.create_client(service_name, **kwargs)
 
 
-def _new_session() -> Any:
+class PlainJSONFileLoader:
+    """Reads botocore's model files (``.json`` or ``.json.gz``) into plain dicts.
+
+    It has the two methods botocore calls on its file loader. ``file_path`` is a path
+    without the extension; a missing file gives ``None``, as in botocore.
+    """
+
+    EXTENSIONS = ((".json", open), (".json.gz", gzip.open))
+
+    def exists(self, file_path: str) -> bool:
+        return any(os.path.isfile(file_path + extension) for extension, _ in self.EXTENSIONS)
+
+    def load_file(self, file_path: str) -> Any:
+        for extension, opener in self.EXTENSIONS:
+            full_path = file_path + extension
+            if os.path.isfile(full_path):
+                with opener(full_path, "rb") as stream:
+                    return json.loads(stream.read().decode("utf-8"))
+        return None
+
+
+def make_data_loader(extra_search_paths: list[str] | None = None) -> Any:
+    """Return a botocore data loader that lists ``SERVICES`` and reads plain dicts.
+
+    ``extra_search_paths`` are model folders searched before botocore's own, as
+    ``AWS_DATA_PATH`` gives them.
+    """
     import botocore.loaders
-    import botocore.session
 
     class KnownServicesLoader(botocore.loaders.Loader):
         """botocore's data loader with a fixed list of services instead of a folder scan."""
@@ -59,11 +91,17 @@ def _new_session() -> Any:
             # A listed service whose model is missing still fails, with DataNotFoundError.
             return sorted(SERVICES)
 
+    return KnownServicesLoader(extra_search_paths=extra_search_paths,
+                               file_loader=PlainJSONFileLoader())
+
+
+def _new_session() -> Any:
+    import botocore.session
+
     session = botocore.session.get_session()
     # AWS_DATA_PATH adds model folders, as botocore's own loader factory reads it.
     data_path = session.get_config_variable("data_path")
     extra_paths = [os.path.expanduser(os.path.expandvars(path))
                    for path in data_path.split(os.pathsep)] if data_path else None
-    session.register_component("data_loader",
-                               KnownServicesLoader(extra_search_paths=extra_paths))
+    session.register_component("data_loader", make_data_loader(extra_paths))
     return session
