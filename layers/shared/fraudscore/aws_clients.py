@@ -16,7 +16,8 @@ with botocore's loader and 43 ms with this one.
 The loader also parses the model files into plain dicts. botocore's own file loader
 builds an ``OrderedDict`` for every JSON object, which made parsing its 1.2 MB endpoint
 file 2.5 times slower (15.5 ms against 6.1 ms on the benchmark machine); dicts keep
-insertion order too, and botocore does not rely on any ``OrderedDict`` method.
+insertion order too. A search of botocore's source found no ``OrderedDict`` type check
+and no call of an ``OrderedDict``-only method on loaded data.
 """
 
 from __future__ import annotations
@@ -56,10 +57,10 @@ def create_client(service_name: str, **kwargs: Any) -> Any:
 
 
 class PlainJSONFileLoader:
-    """Reads botocore's model files (``.json`` or ``.json.gz``) into plain dicts.
+    """File loader for botocore's model files (``.json`` or ``.json.gz``), as plain dicts.
 
-    It has the two methods botocore calls on its file loader. ``file_path`` is a path
-    without the extension; a missing file gives ``None``, as in botocore.
+    It has the two methods that botocore calls on its file loader. ``file_path`` is a
+    path without the extension. A missing file gives ``None``, as in botocore.
     """
 
     EXTENSIONS = ((".json", open), (".json.gz", gzip.open))
