@@ -94,6 +94,22 @@ def postgres_database_url(postgres_url: str) -> Iterator[str]:
 
 
 @pytest.fixture(autouse=True)
+def module_logs_propagate() -> None:
+    """Undo ``log_modules_as_json`` before each test.
+
+    Importing a Lambda function module sends the ``fraudscore.*`` loggers to the JSON
+    handler and stops them propagating, which would hide their records from ``caplog``
+    and from the root logger's capture in every later test.
+    """
+    from fraudscore.observability import PACKAGE_LOGGER
+
+    package_logger = logging.getLogger(PACKAGE_LOGGER)
+    package_logger.handlers = []
+    package_logger.propagate = True
+    package_logger.setLevel(logging.NOTSET)
+
+
+@pytest.fixture(autouse=True)
 def fresh_botocore_session() -> Iterator[None]:
     """Give each test its own botocore session.
 

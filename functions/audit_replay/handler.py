@@ -21,9 +21,10 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from fraudscore.audit import AuditRecord, AuditStore
 from fraudscore.database import open_audit_database
-from fraudscore.observability import logger, metrics
+from fraudscore.observability import log_modules_as_json, logger, metrics
 from fraudscore.settings import Settings
 
+log_modules_as_json()
 processor = BatchProcessor(event_type=EventType.SQS)
 _store: AuditStore | None = None
 

@@ -17,8 +17,10 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from fraudscore.audit import create_schema
 from fraudscore.database import open_audit_database
 from fraudscore.exceptions import DatabaseError
-from fraudscore.observability import logger
+from fraudscore.observability import log_modules_as_json, logger
 from fraudscore.settings import Settings
+
+log_modules_as_json()
 
 PHYSICAL_ID = "audit-schema"
 CONNECT_DEADLINE_SECONDS = 240

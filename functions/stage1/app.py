@@ -24,10 +24,11 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from mangum import Mangum
 
 from fraudscore.api.app import create_app, with_root_path
-from fraudscore.observability import logger
+from fraudscore.observability import log_modules_as_json, logger
 from fraudscore.runtime import Runtime
 from fraudscore.settings import Settings
 
+log_modules_as_json()
 settings = Settings.from_env()
 runtime = Runtime.start(settings)
 app = create_app(runtime)

@@ -16,10 +16,11 @@ from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from fraudscore.observability import logger
+from fraudscore.observability import log_modules_as_json, logger
 from fraudscore.settings import Settings
 from fraudscore.stage2_service import Stage2Service
 
+log_modules_as_json()
 service = Stage2Service.start(Settings.from_env())
 
 gc.freeze()

@@ -10,7 +10,9 @@ from __future__ import annotations
 import copy
 import gc
 import importlib.util
+import io
 import json
+import logging
 import math
 import sys
 import uuid
@@ -24,6 +26,7 @@ import pytest
 
 from fraudscore.audit import create_schema
 from fraudscore.bundle import Bundle, load_bundle
+from fraudscore.observability import PACKAGE_LOGGER, logger
 from fraudscore.settings import Env, Settings, Stage2Mode
 from fraudscore.stage2_service import Stage2VersionMismatchError
 from fraudscore.storage import DirectoryStore
@@ -318,6 +321,34 @@ def test_init_freezes_its_objects(bundle_dir: Path, path: str, attribute: str) -
     finally:
         del sys.modules[module.__name__]
         gc.unfreeze()
+
+
+@pytest.mark.parametrize("path", [
+    "functions/stage1/app.py",
+    "functions/stage2/handler.py",
+    "functions/audit_replay/handler.py",
+    "functions/audit_schema/handler.py",
+])
+def test_module_logs_are_json_lines(bundle_dir: Path, path: str) -> None:
+    stream = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch:
+        for handler in logger.handlers:
+            if isinstance(handler, logging.StreamHandler):
+                patch.setattr(handler, "stream", stream)
+        _clean_environment(patch, {Env.MODEL_URI: str(bundle_dir),
+                                   Env.STAGE2_MODE: "inprocess", Env.AUDIT_ENABLED: "false"})
+        module = _load_module_by_path(ROOT / path)
+        try:
+            logging.getLogger("fraudscore.audit_fallback").warning("spool %s unwritable", "x")
+        finally:
+            del sys.modules[module.__name__]
+            gc.unfreeze()
+
+    lines = [json.loads(text) for text in stream.getvalue().splitlines()]
+    assert lines[-1]["message"] == "spool x unwritable"
+    assert lines[-1]["name"] == "fraudscore.audit_fallback"
+    assert lines[-1]["level"] == "WARNING"
+    assert not logging.getLogger(PACKAGE_LOGGER).propagate
 
 
 def test_each_invocation_flushes_its_metrics(

@@ -1,4 +1,4 @@
-"""Log message decoding of the shared Powertools logger."""
+"""The shared Powertools logger: message decoding and JSON lines of the module loggers."""
 
 from __future__ import annotations
 
@@ -8,7 +8,11 @@ import logging
 
 import pytest
 
-from fraudscore.observability import decode_json_message, logger
+from fraudscore.observability import (
+    decode_json_message,
+    log_modules_as_json,
+    logger,
+)
 
 
 @pytest.mark.parametrize(
@@ -38,3 +42,37 @@ def test_decision_line_is_one_json_object(monkeypatch: pytest.MonkeyPatch) -> No
     assert line["decision_id"] == "d-1"
     assert line["is_fraud"] is False
     assert line["level"] == "INFO"
+
+
+def test_module_lines_become_json(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    stream = io.StringIO()
+    for handler in logger.handlers:
+        if isinstance(handler, logging.StreamHandler):
+            monkeypatch.setattr(handler, "stream", stream)
+
+    log_modules_as_json()
+    logging.getLogger("fraudscore.audit_fallback").warning("spooled %d record(s)", 3)
+
+    line = json.loads(stream.getvalue().splitlines()[-1])
+    assert line["message"] == "spooled 3 record(s)"
+    assert line["level"] == "WARNING"
+    assert line["name"] == "fraudscore.audit_fallback"
+    assert line["service"] == logger.service
+    # Not propagated: Lambda's root handler would print the line a second time as text.
+    assert "spooled 3 record(s)" not in caplog.text
+
+
+def test_module_debug_lines_follow_log_level(monkeypatch: pytest.MonkeyPatch) -> None:
+    stream = io.StringIO()
+    for handler in logger.handlers:
+        if isinstance(handler, logging.StreamHandler):
+            monkeypatch.setattr(handler, "stream", stream)
+
+    log_modules_as_json()
+    logging.getLogger("fraudscore.audit").debug("hidden at INFO")
+
+    assert logger.log_level == logging.INFO
+    assert "hidden at INFO" not in stream.getvalue()
+

@@ -9,12 +9,16 @@ namespace come from ``POWERTOOLS_SERVICE_NAME`` and ``POWERTOOLS_METRICS_NAMESPA
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 
 SERVICE_NAME = os.environ.get("POWERTOOLS_SERVICE_NAME", "fraud-scoring")
+# Parent of the module loggers (``fraudscore.audit``, ``fraudscore.audit_fallback``, ...).
+PACKAGE_LOGGER = "fraudscore"
 METRICS_NAMESPACE = os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "FraudScoring")
 
 
@@ -31,8 +35,19 @@ def decode_json_message(message: Any) -> Any:
     return message
 
 
-# NOTE: the module loggers (``fraudscore.*``: audit fallback, retries, replay) do not go
-# through this logger. Their lines are text, not JSON: Lambda's text format in AWS, the
-# bare message under uvicorn.
 logger = Logger(service=SERVICE_NAME, json_deserializer=decode_json_message)
 metrics = Metrics(namespace=METRICS_NAMESPACE, service=SERVICE_NAME)
+
+
+def log_modules_as_json() -> None:
+    """Send the lines of the ``fraudscore.*`` module loggers through ``logger``'s handler.
+
+    The Lambda function modules call this once, at import. Fallback writes, retries and
+    replays are then JSON lines like the decisions, with the module in ``name`` and at
+    ``POWERTOOLS_LOG_LEVEL``. The module loggers stop propagating to the root logger, so
+    Lambda's own text handler does not print each line a second time. Powertools also adds
+    the ``name`` key to the lines of ``logger`` itself (the service name).
+    """
+    # Powertools configures only top-level loggers that already exist.
+    logging.getLogger(PACKAGE_LOGGER)
+    copy_config_to_registered_loggers(source_logger=logger, include={PACKAGE_LOGGER})
