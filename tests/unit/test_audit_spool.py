@@ -167,3 +167,61 @@ def test_concurrent_replays_share_the_work(tmp_path: Path, store: AuditStore) ->
 
     assert sorted(result.replayed for result in results) == [0, 2000]
     assert store.count() == 2000
+
+
+def test_spool_problem_none_when_usable(tmp_path: Path) -> None:
+    assert SpoolFallback(tmp_path / "spool.jsonl").problem() is None
+    # Missing folders are created by the first append.
+    assert SpoolFallback(tmp_path / "new" / "deeper" / "spool.jsonl").problem() is None
+
+
+def test_spool_problem_names_the_cause(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    directory_in_the_way = tmp_path / "spool.jsonl"
+    directory_in_the_way.mkdir()
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+
+    assert "not a regular file" in str(SpoolFallback(directory_in_the_way).problem())
+    assert "is not a directory" in str(SpoolFallback(blocked / "spool.jsonl").problem())
+
+    monkeypatch.setattr("fraudscore.audit_fallback.SPOOL_MIN_FREE_BYTES", 1 << 62)
+    assert "bytes free" in str(SpoolFallback(tmp_path / "other.jsonl").problem())
+
+
+def test_health_unavailable_when_both_fail(settings_factory, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                           examples: dict[str, dict[str, float]]) -> None:
+    from fastapi.testclient import TestClient
+
+    from fraudscore.api.app import create_app
+    from fraudscore.runtime import Runtime
+
+    spool = tmp_path / "spool.jsonl"
+    spool.mkdir()
+    runtime = Runtime.start(settings_factory(
+        database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/audit",
+        database_connect_timeout_seconds=0.5, audit_spool_path=str(spool),
+    ))
+    client = TestClient(create_app(runtime))
+    body = {"transaction_id": "both-down", "features": examples["confident_genuine"]}
+
+    # Probed before any request: the database is unreachable and the spool unusable.
+    before = client.get("/health")
+    assert before.status_code == 503
+    assert before.json()["status"] == "unavailable"
+    assert "not a regular file" in before.json()["audit_fallback_error"]
+
+    # The failed fallback write is reported as it happened.
+    assert client.post("/predict", json=body).status_code == 503
+    after_write = client.get("/health").json()
+    assert "Is a directory" in after_write["audit_fallback_error"]
+    assert after_write["status"] == "unavailable"
+
+    # Once the spool is usable, decisions are returned again and the status is degraded.
+    spool.rmdir()
+    assert client.post("/predict", json=body).status_code == 200
+    recovered = client.get("/health")
+    assert recovered.status_code == 200
+    assert recovered.json()["status"] == "degraded"
+    assert recovered.json()["audit_fallback"] == "spool"
+    assert recovered.json()["audit_fallback_error"] is None
+    runtime.audit.close()

@@ -24,6 +24,9 @@ logger = logging.getLogger(__name__)
 # SQS accepts at most 10 messages per SendMessageBatch call.
 SQS_BATCH_LIMIT = 10
 
+# Free space below which the spool counts as unusable: about 1,000 records of 1 kB.
+SPOOL_MIN_FREE_BYTES = 1 << 20
+
 
 class AuditFallback(Protocol):
     """Somewhere durable to keep audit records until they can be replayed."""
@@ -72,6 +75,32 @@ class SpoolFallback:
         finally:
             os.close(descriptor)
 
+    def problem(self) -> str | None:
+        """Return why an append would fail now, or None when the spool looks usable.
+
+        It checks, without writing, that the spool is a regular file or can be created,
+        that its folder (or the nearest folder that exists) is writable, and that the disk
+        has ``SPOOL_MIN_FREE_BYTES`` free. A write can still fail after a None, for
+        example when the disk fills up in between.
+        """
+        if self.path.exists() and not self.path.is_file():
+            return f"audit spool {self.path} is not a regular file"
+        folder = self.path.parent
+        while not folder.exists():
+            folder = folder.parent
+        if not folder.is_dir():
+            return f"audit spool folder {folder} is not a directory"
+
+        target = self.path if self.path.exists() else folder
+        if not os.access(target, os.W_OK):
+            return f"audit spool {target} is not writable"
+        stats = os.statvfs(folder)
+        free = stats.f_bavail * stats.f_frsize
+        if free < SPOOL_MIN_FREE_BYTES:
+            return (f"audit spool disk has {free} bytes free, less than "
+                    f"{SPOOL_MIN_FREE_BYTES}")
+        return None
+
     def pending(self) -> int:
         """Number of records waiting: lines in the spool and in unfinished replays."""
         files = [self.path, *self.path.parent.glob(f"{self.path.name}.replaying-*")]
@@ -80,7 +109,8 @@ class SpoolFallback:
             try:
                 with path.open("rb") as handle:
                     total += sum(1 for line in handle if line.strip())
-            except FileNotFoundError:
+            except OSError:
+                # Missing, or not a readable file: problem() reports the latter.
                 continue
         return total
 

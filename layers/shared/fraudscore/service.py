@@ -143,6 +143,8 @@ class DecisionService:
         self.audit_group = AuditGroupWriter(audit) if audit is not None else None
         # "ok" after the last write reached the database, the fallback's name otherwise.
         self.audit_status = "ok" if audit is not None else "disabled"
+        # The error of the last fallback write, while the fallback failed too.
+        self.fallback_error: str | None = None
 
     def decide(
         self, transactions: Sequence[TransactionInput], *, request_id: str | None = None
@@ -167,6 +169,7 @@ class DecisionService:
         except (AuditError, IdempotencyConflictError) as exc:
             return self._complete(scored, {}, self._recover(scored, exc))
         self.audit_status = "ok"
+        self.fallback_error = None
         return self._complete(scored, repeats, None)
 
     async def decide_async(
@@ -187,6 +190,7 @@ class DecisionService:
         except (AuditError, IdempotencyConflictError) as exc:
             return self._complete(scored, {}, self._recover(scored, exc))
         self.audit_status = "ok"
+        self.fallback_error = None
         return self._complete(scored, repeats, None)
 
     def _score(
@@ -222,8 +226,13 @@ class DecisionService:
             raise exc
         logger.error("audit store failed for request %s, using the %s fallback: %s",
                      scored.request_id, self.fallback.name, exc)
-        self.fallback.write(scored.records)
+        try:
+            self.fallback.write(scored.records)
+        except AuditError as fallback_exc:
+            self.fallback_error = str(fallback_exc)
+            raise
         self.audit_status = self.fallback.name
+        self.fallback_error = None
         return self.fallback.name
 
     @staticmethod

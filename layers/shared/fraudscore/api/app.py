@@ -308,18 +308,24 @@ def _build_router(runtime: Runtime) -> APIRouter:
         if service is not None:
             body.audit_fallback = None if service.audit_status in {"ok", "disabled"} \
                 else service.audit_status
+            body.audit_fallback_error = service.fallback_error
             if isinstance(service.fallback, SpoolFallback):
                 body.audit_spool_pending = service.fallback.pending()
+                body.audit_fallback_error = body.audit_fallback_error or \
+                    service.fallback.problem()
             body.stage2_circuit_open = bool(service.breaker and service.breaker.is_open)
         refusal = runtime.watcher.last_refusal if runtime.watcher else None
         if refusal is not None:
             body.bundle_refused = f"{refusal.location}: {refusal.reason}"
-        # NOTE: the fallback itself is not probed. With the database down and the spool's
-        # disk full, scoring requests get 503 while this reports "degraded".
-        if service is None or (body.audit_store == "unreachable" and service.fallback is None):
+
+        # The SQS fallback is not probed, because that would cost an SQS call per health
+        # check. Its state is the outcome of its last write.
+        fallback_usable = service is not None and service.fallback is not None \
+            and body.audit_fallback_error is None
+        if service is None or (body.audit_store == "unreachable" and not fallback_usable):
             body.status = "unavailable"
         elif (body.audit_store == "unreachable" or body.audit_fallback
-              or body.stage2_circuit_open or body.bundle_refused):
+              or body.audit_fallback_error or body.stage2_circuit_open or body.bundle_refused):
             body.status = "degraded"
         code = 503 if body.status == "unavailable" else 200
         return JSONResponse(body.model_dump(), status_code=code)

@@ -86,6 +86,13 @@ class HealthResponse(BaseModel):
     audit_spool_pending: int | None = Field(
         default=None, description="Records waiting in the local spool file for replay."
     )
+    audit_fallback_error: str | None = Field(
+        default=None,
+        description="Why the fallback cannot take records: the error of its last write, "
+        "or for the spool file a check made now (not writable, disk nearly full). With "
+        "the database unreachable too, scoring requests get 503 and status is "
+        "'unavailable'.",
+    )
     stage2_circuit_open: bool = False
     bundle_refused: str | None = Field(
         default=None,
