@@ -12,6 +12,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from benchmarks import (
 )
 from benchmarks.measure import Figure
 from benchmarks.report import render_header, render_table, write_results
-from benchmarks.workspace import FULL, SMOKE, Workspace, prepare
+from benchmarks.workspace import FULL, SMOKE, Mode, Workspace, prepare
 
 logger = logging.getLogger("benchmarks")
 
@@ -45,7 +46,7 @@ GROUPS: dict[str, Callable[[Workspace], list[Figure]]] = {
 }
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
         description="Measure the fraud-scoring service against the usual scikit-learn "
@@ -72,15 +73,38 @@ def _build_parser() -> argparse.ArgumentParser:
                         f"{DEFAULT_DATABASE_URL})")
     parser.add_argument("--only", nargs="+", choices=list(GROUPS), metavar="GROUP",
                         help=f"run only these figure groups: {', '.join(GROUPS)}")
+    parser.add_argument("--concurrency", nargs="+", type=_positive_int, metavar="N",
+                        help="server throughput: connections per load level (default: "
+                        f"{' '.join(map(str, FULL.server_concurrency))})")
+    parser.add_argument("--rounds", type=_positive_int, metavar="N",
+                        help="server throughput: rounds of both servers (default: "
+                        f"{SMOKE.server_rounds} smoke, {FULL.server_rounds} full)")
     return parser
+
+
+def run_mode(args: argparse.Namespace) -> Mode:
+    """Return the smoke or full sizes, with the server options of ``args`` applied."""
+    mode = SMOKE if args.smoke else FULL
+    if args.concurrency:
+        mode = replace(mode, server_concurrency=tuple(args.concurrency))
+    if args.rounds:
+        mode = replace(mode, server_rounds=args.rounds)
+    return mode
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the suite; return 0, or 1 when a figure group failed (its error is reported)."""
-    args = _build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    mode = SMOKE if args.smoke else FULL
+    mode = run_mode(args)
     command = shlex.join([Path(sys.executable).name, "-m", "benchmarks",
                           *(sys.argv[1:] if argv is None else argv)])
     started_at = datetime.now(UTC)

@@ -37,7 +37,6 @@ from benchmarks.workspace import ROOT, Workspace
 logger = logging.getLogger(__name__)
 
 GROUP = "server throughput"
-CONCURRENCY = (1, 16, 64)
 TARGET_CONCURRENCY = 16
 MIN_SPEEDUP = 5.0
 STARTUP_TIMEOUT_SECONDS = 120
@@ -152,7 +151,7 @@ def run(workspace: Workspace) -> list[Figure]:
             with _server(target, environment, workers, log) as (url, pid):
                 asyncio.run(_drive(url, warmup, concurrency=4 * workers, total=WARMUP_REQUESTS))
                 asyncio.run(_drive(url, bodies, concurrency=4 * workers, total=WARMUP_REQUESTS))
-                for concurrency in CONCURRENCY:
+                for concurrency in workspace.mode.server_concurrency:
                     server_before, database_before = _tree_cpu_seconds(pid), _postgres_cpu_seconds()
                     if wrk:
                         result = _drive_wrk(wrk, url, script, bodies_file,
@@ -170,7 +169,7 @@ def run(workspace: Workspace) -> list[Figure]:
                                 result.per_second, result.errors)
 
     figures = []
-    for concurrency in CONCURRENCY:
+    for concurrency in workspace.mode.server_concurrency:
         ours_rounds = rounds[("service", concurrency)]
         theirs_rounds = rounds[("reference", concurrency)]
         ours, theirs = _median_round(ours_rounds), _median_round(theirs_rounds)

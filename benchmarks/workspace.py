@@ -58,6 +58,8 @@ class Mode:
     sample_rows: int
     # Days of training history; None trains on all of it, as `python -m training train` does.
     train_days: int | None
+    # Connections kept busy, one load level each, in every server round.
+    server_concurrency: tuple[int, ...] = (1, 16, 64)
 
 
 SMOKE = Mode("smoke", scoring_runs=2_000, reference_scoring_runs=200, handler_runs=200,

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from benchmarks.cli import build_parser, run_mode
 from benchmarks.measure import Figure, summarize, time_calls
 from benchmarks.reference import (
     create_reference_app,
@@ -21,7 +22,7 @@ from benchmarks.reference import (
 )
 from benchmarks.report import format_number, render_markdown, render_table
 from benchmarks.throughput import WRK_SCRIPT, _drive_wrk
-from benchmarks.workspace import DATETIME, _period
+from benchmarks.workspace import DATETIME, FULL, _period
 from fraudscore.bundle import load_bundle
 from fraudscore.storage import open_store
 
@@ -169,3 +170,21 @@ def test_wrk_counts_non_200_responses(tmp_path: Path) -> None:
     assert abs(result.errors - result.requests / 2) <= 1
     assert 0 < result.latency_median_ms <= result.latency_p99_ms
     assert result.seconds > 0.5
+
+
+def test_server_options_override_mode() -> None:
+    args = build_parser().parse_args(["--full", "--concurrency", "16", "--rounds", "1"])
+
+    mode = run_mode(args)
+
+    assert mode.server_concurrency == (16,)
+    assert mode.server_rounds == 1
+    assert mode.scoring_runs == FULL.scoring_runs
+    assert run_mode(build_parser().parse_args(["--full"])) == FULL
+
+
+@pytest.mark.parametrize("option", [["--rounds", "0"], ["--concurrency", "-1"],
+                                    ["--concurrency", "many"]])
+def test_server_options_reject_bad_values(option: list[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--smoke", *option])
