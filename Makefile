@@ -20,7 +20,7 @@ PORT ?= 3000
 # Offline checks of the template need a region and (dummy) credentials; nothing is sent.
 AWS_OFFLINE := AWS_DEFAULT_REGION=us-east-1 AWS_ACCESS_KEY_ID=offline AWS_SECRET_ACCESS_KEY=offline SAM_CLI_TELEMETRY=0
 
-.PHONY: help install demo simulate train serve twin audit-schema test test-fast lint iac-lint sam-build bench bench-smoke reference-train clean
+.PHONY: help install port-free demo simulate train serve twin audit-schema test test-fast lint iac-lint sam-build bench bench-smoke reference-train clean
 
 help:
 	@echo "make demo        simulate history, train, serve on http://$(HOST):$(PORT)"
@@ -59,12 +59,17 @@ train: $(BUNDLE)/manifest.json
 audit-schema: install
 	DATABASE_URL=$(DATABASE_URL) $(BIN)/python -m fraudscore.audit_schema
 
-serve: train audit-schema
+# uvicorn's own message for a taken port does not say how to pick another.
+port-free: install
+	@$(BIN)/python -c "import socket; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('$(HOST)', $(PORT)))" 2>/dev/null \
+		|| { echo "port $(PORT) on $(HOST) is in use: pick another one, for example PORT=3100 make $(MAKECMDGOALS)"; exit 1; }
+
+serve: port-free train audit-schema
 	MODEL_URI=$(BUNDLE) DATABASE_URL=$(DATABASE_URL) $(BIN)/uvicorn functions.stage1.app:app --host $(HOST) --port $(PORT)
 
 demo: serve
 
-twin: train audit-schema
+twin: port-free train audit-schema
 	MODEL_URI=$(BUNDLE) DATABASE_URL=$(DATABASE_URL) $(BIN)/python -m fraudscore.local_twin --port $(PORT)
 
 test: install

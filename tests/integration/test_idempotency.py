@@ -9,6 +9,7 @@ from sqlalchemy import create_engine, text
 
 from fraudscore.audit import create_schema
 from tests.conftest import CAPTURED_OUTPUT
+from tests.ports import free_port
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -158,3 +159,32 @@ def test_repeat_not_counted_as_escalation(  # type: ignore[no-untyped-def]
     assert first.json()["stage"] == "stage2"
     assert [record["Escalations"] for record in emf] == [[0.0]]
     assert [record["Decisions"] for record in emf] == [[0.0]]
+
+
+def test_duplicate_in_batch_rejected_during_outage(  # type: ignore[no-untyped-def]
+    settings_factory, examples, tmp_path
+) -> None:
+    # Without a database, the conflict inside the request is still found.
+    from fastapi.testclient import TestClient
+
+    from fraudscore.api.app import create_app
+    from fraudscore.runtime import Runtime
+
+    spool = tmp_path / "spool.jsonl"
+    runtime = Runtime.start(settings_factory(
+        database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/audit",
+        database_connect_timeout_seconds=0.5, audit_spool_path=str(spool),
+    ))
+    client = TestClient(create_app(runtime))
+    batch = {"transactions": [
+        {"transaction_id": "dup-down", "features": examples["uncertain"]},
+        {"transaction_id": "dup-down", "features": examples["confident_genuine"]},
+    ]}
+
+    response = client.post("/predict/batch", json=batch)
+
+    assert response.status_code == 409
+    assert "appears twice in the request" in response.json()["detail"]
+    assert "transactions[1]" in response.json()["detail"]
+    assert not spool.exists()
+    runtime.audit.close()

@@ -7,7 +7,9 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
+import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -239,6 +241,10 @@ PREDICT_CASES = {
     "JSON suffix type": BadRequest(
         _body, 415, "must be application/json", content_type="application/merge-patch+json",
     ),
+    "latin-1 charset": BadRequest(
+        _body, 415, "charset must be utf-8, got 'latin-1'",
+        content_type="application/json; charset=latin-1",
+    ),
 }
 
 BATCH_CASES = {
@@ -447,3 +453,55 @@ def test_sql_injection_leaves_audit_table(client: TestClient, metadata: Metadata
     with audit.database.connection() as (connection, _reused):
         stored = connection.query("SELECT transaction_id FROM audit_decisions")
     assert stored == [("t--1",)]
+
+
+@pytest.mark.parametrize("content_type", ["application/json; charset=UTF-8",
+                                          'application/json; charset="utf-8"'])
+def test_utf8_charset_accepted(
+    client: TestClient, metadata: Metadata, content_type: str
+) -> None:
+    response = _post(client, "/predict", _body(metadata), content_type)
+
+    assert response.status_code == 200, response.text
+
+
+def test_compressed_body_rejected(client: TestClient, metadata: Metadata) -> None:
+    before = _audit_count(client)
+
+    response = client.post("/predict", content=gzip.compress(_body(metadata).encode()),
+                           headers={"content-type": JSON_TYPE, "content-encoding": "gzip"})
+
+    assert response.status_code == 415, response.text
+    assert "content encoding 'gzip' is not supported" in response.json()["detail"]
+    assert _audit_count(client) == before
+
+
+def test_client_disconnect_mid_body(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The client sends part of the body and goes away, as a dropped connection does.
+    messages: list[dict[str, Any]] = [
+        {"type": "http.request", "body": b'{"features": {', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": "/predict", "raw_path": b"/predict", "query_string": b"",
+        "root_path": "", "headers": [(b"host", b"test"), (b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 50000), "server": ("test", 80),
+    }
+    before = _audit_count(client)
+    with caplog.at_level(logging.INFO, logger="fraudscore.api.strict_json"):
+        asyncio.run(client.app(scope, receive, send))  # type: ignore[arg-type]
+
+    assert sent[0]["status"] == 400
+    assert "client disconnected after 14 body bytes of POST /predict" in caplog.text
+    assert _audit_count(client) == before

@@ -82,3 +82,13 @@ def test_health_head_and_unique_operation_ids(make_client) -> None:  # type: ign
 
     assert head.status_code == 200
     assert len(operations) == len(set(operations))
+
+
+def test_page_answers_head(make_client) -> None:  # type: ignore[no-untyped-def]
+    client = make_client()
+
+    head = client.head("/")
+
+    assert head.status_code == 200
+    assert head.headers["content-type"].startswith("text/html")
+    assert head.content == b""

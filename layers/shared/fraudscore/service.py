@@ -77,6 +77,36 @@ class _Scored:
     stage2: _Stage2Outcome
 
 
+def reject_conflicting_ids(transactions: Sequence[TransactionInput], matrix: np.ndarray) -> None:
+    """Raise when one request gives a transaction id twice with different features.
+
+    The audit write would reject such a request as an idempotency conflict, but while
+    the database is down the fallback would store both. The check needs no database.
+
+    Raises
+    ------
+    IdempotencyConflictError
+        With ``row`` set to the second of the two rows.
+    """
+    ids = [t.transaction_id for t in transactions if t.transaction_id]
+    if len(set(ids)) == len(ids):
+        return
+    first_digest: dict[str, str] = {}
+    for row, (transaction, digest) in enumerate(zip(transactions, row_digests(matrix),
+                                                    strict=True)):
+        if not transaction.transaction_id:
+            continue
+        seen = first_digest.setdefault(transaction.transaction_id, digest)
+        if seen != digest:
+            error = IdempotencyConflictError(
+                transaction.transaction_id,
+                f"transaction_id {transaction.transaction_id!r} appears twice in the "
+                "request with different features; use a new transaction_id",
+            )
+            error.row = row
+            raise error
+
+
 def row_digests(matrix: np.ndarray) -> list[str]:
     """Return the SHA-256 of each row's float64 bytes, to compare repeated transactions.
 
@@ -199,6 +229,7 @@ class DecisionService:
         started = time.perf_counter()
         request_id = request_id or new_ids(1)[0]
         matrix = self.bundle.schema.validate_many([t.features for t in transactions])
+        reject_conflicting_ids(transactions, matrix)
 
         stage1_probability = self.bundle.stage1.probability(matrix)
         escalated = self.bundle.band.contains(stage1_probability)

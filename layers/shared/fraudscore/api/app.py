@@ -348,6 +348,7 @@ def _build_router(runtime: Runtime) -> APIRouter:
             "max_batch_size": runtime.settings.max_batch_size,
         }
 
+    @router.head("/", include_in_schema=False)
     @router.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:
         bundle = _service(runtime).bundle

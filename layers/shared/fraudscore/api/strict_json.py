@@ -5,15 +5,17 @@ silently become ``{"a": 2}``. Scoring money decisions on a body whose meaning de
 on the parser is unsafe, so such bodies are rejected, as are bodies over the size limit
 and bodies that are not ``application/json``.
 
-Bodies must also be UTF-8 (RFC 8259, section 8.1), nest at most ``MAX_JSON_DEPTH``
-levels and contain no unpaired surrogate escape such as ``"\\ud800"``. FastAPI echoes
-invalid input in its 422 responses, and echoing deeply nested values or strings that
-cannot be encoded as UTF-8 would otherwise fail with a 500.
+Bodies must also be uncompressed UTF-8 (RFC 8259, section 8.1): a ``charset`` other than
+UTF-8 or a ``Content-Encoding`` other than ``identity`` gets 415. They nest at most
+``MAX_JSON_DEPTH`` levels and contain no unpaired surrogate escape such as ``"\\ud800"``.
+FastAPI echoes invalid input in its 422 responses, and echoing deeply nested values or
+strings that cannot be encoded as UTF-8 would otherwise fail with a 500.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -21,6 +23,9 @@ from typing import Any
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
+
+logger = logging.getLogger(__name__)
 
 # Valid bodies nest 4 levels ({"transactions": [{"features": {...}}]}).
 MAX_JSON_DEPTH = 32
@@ -112,15 +117,31 @@ class StrictJSONRoute(APIRoute):
                     raise HTTPException(
                         413, f"request body is {declared} bytes; the limit is {limit}"
                     )
-                media_type = request.headers.get("content-type", "").split(";")[0].strip()
-                if media_type.lower() != "application/json":
-                    raise HTTPException(
-                        415, f"content type must be application/json, got {media_type!r}"
-                    )
+                _check_content_headers(request)
                 check_json_body(await _read_body(request, limit), max_bytes=limit)
             return await handler(request)
 
         return strict_handler
+
+
+def _check_content_headers(request: Request) -> None:
+    """Raise 415 unless the body is declared as uncompressed UTF-8 ``application/json``."""
+    media_type, *parameters = request.headers.get("content-type", "").split(";")
+    media_type = media_type.strip()
+    if media_type.lower() != "application/json":
+        raise HTTPException(415, f"content type must be application/json, got {media_type!r}")
+
+    for parameter in parameters:
+        name, _, value = parameter.partition("=")
+        charset = value.strip().strip('"')
+        if name.strip().lower() == "charset" and charset.lower() not in {"utf-8", "utf8"}:
+            raise HTTPException(415, f"charset must be utf-8, got {charset!r}")
+
+    encoding = request.headers.get("content-encoding", "").strip()
+    if encoding.lower() not in {"", "identity"}:
+        raise HTTPException(
+            415, f"content encoding {encoding!r} is not supported; send the body uncompressed"
+        )
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -132,13 +153,20 @@ async def _read_body(request: Request, limit: int) -> bytes:
     """
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise HTTPException(
-                413, f"request body is more than {limit} bytes; the limit is {limit}"
-            )
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise HTTPException(
+                    413, f"request body is more than {limit} bytes; the limit is {limit}"
+                )
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # The client is gone, so the 400 is never read. It ends the request without a
+        # traceback in the server log.
+        logger.info("client disconnected after %d body bytes of %s %s",
+                    size, request.method, request.url.path)
+        raise HTTPException(400, "client disconnected before the body was complete") from None
     body = b"".join(chunks)
     request._body = body
     return body
