@@ -17,10 +17,11 @@ BUNDLE ?= model/bundle
 DATABASE_URL ?= sqlite:///audit.db
 HOST ?= 127.0.0.1
 PORT ?= 3000
+LAMBDA_PORT ?= 3001
 # Offline checks of the template need a region and (dummy) credentials; nothing is sent.
 AWS_OFFLINE := AWS_DEFAULT_REGION=us-east-1 AWS_ACCESS_KEY_ID=offline AWS_SECRET_ACCESS_KEY=offline SAM_CLI_TELEMETRY=0
 
-.PHONY: help install port-free demo simulate train serve twin audit-schema test test-fast lint iac-lint sam-build bench bench-smoke reference-train clean
+.PHONY: help install port-free twin-ports-free demo simulate train serve twin audit-schema test test-fast lint iac-lint sam-build bench bench-smoke reference-train clean
 
 help:
 	@echo "make demo        simulate history, train, serve on http://$(HOST):$(PORT)"
@@ -59,18 +60,38 @@ train: $(BUNDLE)/manifest.json
 audit-schema: install
 	DATABASE_URL=$(DATABASE_URL) $(BIN)/python -m fraudscore.audit_schema
 
+# Binds HOST and each port given, as the server will; exits with the error if one fails.
 # uvicorn's own message for a taken port does not say how to pick another.
+define PORT_CHECK
+import socket, sys
+host = sys.argv[1]
+for port in map(int, sys.argv[2:]):
+    try:
+        family, kind, protocol, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, protocol) as listener:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind(address)
+    except OSError as exc:
+        sys.exit(f"cannot listen on {host} port {port}: {exc}")
+endef
+export PORT_CHECK
+
 port-free: install
-	@$(BIN)/python -c "import socket; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('$(HOST)', $(PORT)))" 2>/dev/null \
-		|| { echo "port $(PORT) on $(HOST) is in use: pick another one, for example PORT=3100 make $(MAKECMDGOALS)"; exit 1; }
+	@$(BIN)/python -c "$$PORT_CHECK" '$(HOST)' '$(PORT)' \
+		|| { echo "pick another port, for example PORT=3100 make $(MAKECMDGOALS)"; exit 1; }
 
 serve: port-free train audit-schema
 	MODEL_URI=$(BUNDLE) DATABASE_URL=$(DATABASE_URL) $(BIN)/uvicorn functions.stage1.app:app --host $(HOST) --port $(PORT)
 
 demo: serve
 
-twin: port-free train audit-schema
-	MODEL_URI=$(BUNDLE) DATABASE_URL=$(DATABASE_URL) $(BIN)/python -m fraudscore.local_twin --port $(PORT)
+# The twin always listens on 127.0.0.1: stage 1 on PORT, the Lambda Invoke API on LAMBDA_PORT.
+twin-ports-free: install
+	@$(BIN)/python -c "$$PORT_CHECK" 127.0.0.1 '$(PORT)' '$(LAMBDA_PORT)' \
+		|| { echo "pick other ports, for example PORT=3100 LAMBDA_PORT=3101 make twin"; exit 1; }
+
+twin: twin-ports-free train audit-schema
+	MODEL_URI=$(BUNDLE) DATABASE_URL=$(DATABASE_URL) $(BIN)/python -m fraudscore.local_twin --port $(PORT) --lambda-port $(LAMBDA_PORT)
 
 test: install
 	$(BIN)/pytest

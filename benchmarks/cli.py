@@ -86,7 +86,7 @@ def run_mode(args: argparse.Namespace) -> Mode:
     """Return the smoke or full sizes, with the server options of ``args`` applied."""
     mode = SMOKE if args.smoke else FULL
     if args.concurrency:
-        mode = replace(mode, server_concurrency=tuple(args.concurrency))
+        mode = replace(mode, server_concurrency=tuple(dict.fromkeys(args.concurrency)))
     if args.rounds:
         mode = replace(mode, server_rounds=args.rounds)
     return mode
@@ -101,7 +101,10 @@ def _positive_int(text: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the suite; return 0, or 1 when a figure group failed (its error is reported)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if (args.concurrency or args.rounds) and args.only and "throughput" not in args.only:
+        parser.error("--concurrency and --rounds set the throughput group, which --only leaves out")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     mode = run_mode(args)

@@ -123,3 +123,25 @@ def test_queue_send_failure_raises(aws) -> None:  # type: ignore[no-untyped-def]
 
     with pytest.raises(AuditError, match="queue"):
         fallback.write([record])
+
+
+def test_health_reports_failed_queue_send(  # type: ignore[no-untyped-def]
+    aws, settings_factory, bundle_dir: Path, tmp_path: Path,
+) -> None:
+    missing_queue = "https://sqs.us-east-1.amazonaws.com/123456789012/no-such-queue"
+    broken = settings_factory(database_url=f"sqlite:///{tmp_path}/missing/dir/audit.db",
+                              audit_fallback_queue_url=missing_queue)
+    runtime = Runtime.start(broken)
+    runtime.service.fallback = SqsFallback(missing_queue, aws)  # type: ignore[union-attr]
+    client = TestClient(create_app(runtime))
+    examples = json.loads((bundle_dir / "manifest.json").read_text())["example_transactions"]
+    body = {"transaction_id": "q-lost", "features": examples["uncertain"]}
+
+    # Not probed: health is degraded until a send fails.
+    assert client.get("/health").json()["status"] == "degraded"
+    assert client.post("/predict", json=body).status_code == 503
+    health = client.get("/health")
+
+    assert health.status_code == 503
+    assert health.json()["status"] == "unavailable"
+    assert "fallback queue send failed" in health.json()["audit_fallback_error"]

@@ -210,18 +210,20 @@ def test_health_unavailable_when_both_fail(settings_factory, tmp_path: Path,  # 
     assert before.json()["status"] == "unavailable"
     assert "not a regular file" in before.json()["audit_fallback_error"]
 
-    # The failed fallback write is reported as it happened.
     assert client.post("/predict", json=body).status_code == 503
-    after_write = client.get("/health").json()
-    assert "Is a directory" in after_write["audit_fallback_error"]
-    assert after_write["status"] == "unavailable"
+    assert runtime.service.fallback_error is not None
+    assert "Is a directory" in runtime.service.fallback_error
+    assert client.get("/health").json()["status"] == "unavailable"
 
-    # Once the spool is usable, decisions are returned again and the status is degraded.
+    # Once the spool is usable, health reports it before any request writes to it.
     spool.rmdir()
+    repaired = client.get("/health")
+    assert repaired.status_code == 200
+    assert repaired.json()["status"] == "degraded"
+    assert repaired.json()["audit_fallback_error"] is None
+
     assert client.post("/predict", json=body).status_code == 200
-    recovered = client.get("/health")
-    assert recovered.status_code == 200
-    assert recovered.json()["status"] == "degraded"
-    assert recovered.json()["audit_fallback"] == "spool"
-    assert recovered.json()["audit_fallback_error"] is None
+    recovered = client.get("/health").json()
+    assert recovered["audit_fallback"] == "spool"
+    assert recovered["audit_fallback_error"] is None
     runtime.audit.close()

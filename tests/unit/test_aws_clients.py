@@ -104,3 +104,14 @@ def test_plain_loader_reads_json_and_gzip(tmp_path: Path) -> None:
     assert loader.exists(str(tmp_path / "packed"))
     assert loader.load_file(str(tmp_path / "missing")) is None
     assert not loader.exists(str(tmp_path / "missing"))
+
+
+def test_plain_loader_prefers_json_to_gzip(tmp_path: Path) -> None:
+    # The order of botocore's own loader.
+    loader = PlainJSONFileLoader()
+    (tmp_path / "both.json").write_text('{"from": "json"}')
+    (tmp_path / "both.json.gz").write_bytes(gzip.compress(b'{"from": "gzip"}'))
+    theirs = botocore.loaders.JSONFileLoader()
+
+    assert loader.load_file(str(tmp_path / "both")) == {"from": "json"}
+    assert theirs.load_file(str(tmp_path / "both")) == {"from": "json"}

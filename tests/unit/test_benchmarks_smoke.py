@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmarks.cli import build_parser, run_mode
+from benchmarks.cli import build_parser, main, run_mode
 from benchmarks.measure import Figure, summarize, time_calls
 from benchmarks.reference import (
     create_reference_app,
@@ -173,7 +173,7 @@ def test_wrk_counts_non_200_responses(tmp_path: Path) -> None:
 
 
 def test_server_options_override_mode() -> None:
-    args = build_parser().parse_args(["--full", "--concurrency", "16", "--rounds", "1"])
+    args = build_parser().parse_args(["--full", "--concurrency", "16", "16", "--rounds", "1"])
 
     mode = run_mode(args)
 
@@ -188,3 +188,10 @@ def test_server_options_override_mode() -> None:
 def test_server_options_reject_bad_values(option: list[str]) -> None:
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--smoke", *option])
+
+
+def test_server_options_need_throughput_group(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--smoke", "--only", "scoring", "--rounds", "2"])
+
+    assert "which --only leaves out" in capsys.readouterr().err

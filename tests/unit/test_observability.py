@@ -69,10 +69,17 @@ def test_module_debug_lines_follow_log_level(monkeypatch: pytest.MonkeyPatch) ->
     for handler in logger.handlers:
         if isinstance(handler, logging.StreamHandler):
             monkeypatch.setattr(handler, "stream", stream)
+    level = logger.log_level
 
     log_modules_as_json()
     logging.getLogger("fraudscore.audit").debug("hidden at INFO")
+    logger.setLevel("DEBUG")
+    try:
+        log_modules_as_json()
+        logging.getLogger("fraudscore.audit").debug("shown at DEBUG")
+    finally:
+        logger.setLevel(level)
 
-    assert logger.log_level == logging.INFO
+    assert level == logging.INFO
     assert "hidden at INFO" not in stream.getvalue()
-
+    assert "shown at DEBUG" in stream.getvalue()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fraudscore.bundle import load_bundle
-from fraudscore.exceptions import AuditError, Stage2Error
+from fraudscore.exceptions import AuditError, IdempotencyConflictError, Stage2Error
 from fraudscore.service import DecisionService, TransactionInput
 from fraudscore.settings import Stage2FailurePolicy
 from fraudscore.stage2 import BoosterScorer
@@ -140,3 +140,23 @@ def test_nan_feature_never_reaches_models(bundle, examples) -> None:  # type: ig
     with pytest.raises(ValueError, match="TX_AMOUNT"):
         service.decide([TransactionInput("t", features)])
     assert np.isnan(features["TX_AMOUNT"])
+
+
+def test_conflicting_ids_in_one_request(bundle, examples) -> None:  # type: ignore[no-untyped-def]
+    conflicting = [TransactionInput("same", examples["uncertain"]),
+                   TransactionInput(None, examples["uncertain"]),
+                   TransactionInput("same", examples["confident_genuine"])]
+    audit = RecordingAudit()
+    audited = DecisionService(bundle, _in_process(bundle), audit)  # type: ignore[arg-type]
+
+    with pytest.raises(IdempotencyConflictError, match="appears twice") as raised:
+        audited.decide(conflicting)
+
+    assert raised.value.row == 2
+    assert audit.records == []
+    # Equal features under one id are a repeat, not a conflict.
+    repeated = [conflicting[0], TransactionInput("same", examples["uncertain"])]
+    assert len(audited.decide(repeated).decisions) == 2
+    # Without audit, ids are not checked.
+    unaudited = DecisionService(bundle, _in_process(bundle), None)
+    assert len(unaudited.decide(conflicting).decisions) == 3

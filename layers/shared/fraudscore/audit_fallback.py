@@ -83,18 +83,21 @@ class SpoolFallback:
         has ``SPOOL_MIN_FREE_BYTES`` free. A write can still fail after a None, for
         example when the disk fills up in between.
         """
-        if self.path.exists() and not self.path.is_file():
-            return f"audit spool {self.path} is not a regular file"
-        folder = self.path.parent
-        while not folder.exists():
-            folder = folder.parent
-        if not folder.is_dir():
-            return f"audit spool folder {folder} is not a directory"
+        try:
+            if self.path.exists() and not self.path.is_file():
+                return f"audit spool {self.path} is not a regular file"
+            folder = self.path.parent
+            while not folder.exists():
+                folder = folder.parent
+            if not folder.is_dir():
+                return f"audit spool folder {folder} is not a directory"
 
-        target = self.path if self.path.exists() else folder
-        if not os.access(target, os.W_OK):
-            return f"audit spool {target} is not writable"
-        stats = os.statvfs(folder)
+            target = self.path if self.path.exists() else folder
+            if not os.access(target, os.W_OK):
+                return f"audit spool {target} is not writable"
+            stats = os.statvfs(folder)
+        except OSError as exc:
+            return f"audit spool {self.path} cannot be checked: {exc}"
         free = stats.f_bavail * stats.f_frsize
         if free < SPOOL_MIN_FREE_BYTES:
             return (f"audit spool disk has {free} bytes free, less than "
@@ -103,7 +106,11 @@ class SpoolFallback:
 
     def pending(self) -> int:
         """Number of records waiting: lines in the spool and in unfinished replays."""
-        files = [self.path, *self.path.parent.glob(f"{self.path.name}.replaying-*")]
+        try:
+            replaying = list(self.path.parent.glob(f"{self.path.name}.replaying-*"))
+        except OSError:
+            replaying = []  # the folder cannot be listed: problem() reports it
+        files = [self.path, *replaying]
         total = 0
         for path in files:
             try:

@@ -43,10 +43,11 @@ def log_modules_as_json() -> None:
     """Send the lines of the ``fraudscore.*`` module loggers through ``logger``'s handler.
 
     The Lambda function modules call this once, at import. Fallback writes, retries and
-    replays are then JSON lines like the decisions, with the module in ``name`` and at
-    ``POWERTOOLS_LOG_LEVEL``. The module loggers stop propagating to the root logger, so
-    Lambda's own text handler does not print each line a second time. Powertools also adds
-    the ``name`` key to the lines of ``logger`` itself (the service name).
+    replays are then JSON lines like the decisions, with the module in ``name``, at the
+    level that ``logger`` has when this is called (``POWERTOOLS_LOG_LEVEL``). The module
+    loggers stop propagating to the root logger, so Lambda's own text handler does not
+    print each line a second time. Powertools also adds the ``name`` key to the lines of
+    ``logger`` itself (the service name).
     """
     # Powertools configures only top-level loggers that already exist.
     logging.getLogger(PACKAGE_LOGGER)

@@ -229,7 +229,9 @@ class DecisionService:
         started = time.perf_counter()
         request_id = request_id or new_ids(1)[0]
         matrix = self.bundle.schema.validate_many([t.features for t in transactions])
-        reject_conflicting_ids(transactions, matrix)
+        if self.audit is not None:
+            # Without audit, transaction ids are not checked for repeats at all.
+            reject_conflicting_ids(transactions, matrix)
 
         stage1_probability = self.bundle.stage1.probability(matrix)
         escalated = self.bundle.band.contains(stage1_probability)

@@ -311,15 +311,16 @@ def _build_router(runtime: Runtime) -> APIRouter:
             body.audit_fallback_error = service.fallback_error
             if isinstance(service.fallback, SpoolFallback):
                 body.audit_spool_pending = service.fallback.pending()
-                body.audit_fallback_error = body.audit_fallback_error or \
-                    service.fallback.problem()
+                # Checked now, so the report clears as soon as the spool is usable again,
+                # without waiting for a request to write to it.
+                body.audit_fallback_error = service.fallback.problem()
             body.stage2_circuit_open = bool(service.breaker and service.breaker.is_open)
         refusal = runtime.watcher.last_refusal if runtime.watcher else None
         if refusal is not None:
             body.bundle_refused = f"{refusal.location}: {refusal.reason}"
 
         # The SQS fallback is not probed, because that would cost an SQS call per health
-        # check. Its state is the outcome of its last write.
+        # check. Its state is the outcome of its last write, as service.fallback_error.
         fallback_usable = service is not None and service.fallback is not None \
             and body.audit_fallback_error is None
         if service is None or (body.audit_store == "unreachable" and not fallback_usable):

@@ -88,10 +88,10 @@ class HealthResponse(BaseModel):
     )
     audit_fallback_error: str | None = Field(
         default=None,
-        description="Why the fallback cannot take records: the error of its last write, "
-        "or for the spool file a check made now (not writable, disk nearly full). With "
-        "the database unreachable too, scoring requests get 503 and status is "
-        "'unavailable'.",
+        description="Why the fallback cannot take records: for the spool file, a check "
+        "made now (not writable, disk nearly full); for the SQS queue, the error of its "
+        "last send. With the database unreachable too, scoring requests get 503 and "
+        "status is 'unavailable'.",
     )
     stage2_circuit_open: bool = False
     bundle_refused: str | None = Field(
