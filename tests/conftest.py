@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import create_engine, make_url, text
 
 from fraudscore.settings import Settings
+from tests.ports import free_port
 
 REFERENCE_DATA_ENV = "FRAUD_REFERENCE_DATA"
 TEST_DATABASE_ENV = "TEST_DATABASE_URL"
@@ -173,6 +174,30 @@ def settings_factory(bundle_dir: Path, sqlite_url: str):  # type: ignore[no-unty
         return Settings.from_env({}, **values)
 
     return make
+
+
+@pytest.fixture
+def outage_client(settings_factory):  # type: ignore[no-untyped-def]
+    """Return a factory of TestClients whose PostgreSQL is unreachable, spooling to a given path."""
+    from fastapi.testclient import TestClient
+
+    from fraudscore.api.app import create_app
+    from fraudscore.runtime import Runtime
+
+    runtimes = []
+
+    def make(spool: Path) -> TestClient:
+        runtime = Runtime.start(settings_factory(
+            database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/audit",
+            database_connect_timeout_seconds=0.5, audit_spool_path=str(spool),
+        ))
+        runtimes.append(runtime)
+        return TestClient(create_app(runtime))
+
+    yield make
+    for runtime in runtimes:
+        if runtime.audit is not None:
+            runtime.audit.close()
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from sqlalchemy import create_engine, text
 
 from fraudscore.audit import create_schema
 from tests.conftest import CAPTURED_OUTPUT
-from tests.ports import free_port
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -162,20 +161,11 @@ def test_repeat_not_counted_as_escalation(  # type: ignore[no-untyped-def]
 
 
 def test_duplicate_in_batch_rejected_during_outage(  # type: ignore[no-untyped-def]
-    settings_factory, examples, tmp_path
+    outage_client, examples, tmp_path
 ) -> None:
     # Without a database, the conflict inside the request is still found.
-    from fastapi.testclient import TestClient
-
-    from fraudscore.api.app import create_app
-    from fraudscore.runtime import Runtime
-
     spool = tmp_path / "spool.jsonl"
-    runtime = Runtime.start(settings_factory(
-        database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/audit",
-        database_connect_timeout_seconds=0.5, audit_spool_path=str(spool),
-    ))
-    client = TestClient(create_app(runtime))
+    client = outage_client(spool)
     batch = {"transactions": [
         {"transaction_id": "dup-down", "features": examples["uncertain"]},
         {"transaction_id": "dup-down", "features": examples["confident_genuine"]},
@@ -187,4 +177,3 @@ def test_duplicate_in_batch_rejected_during_outage(  # type: ignore[no-untyped-d
     assert "appears twice in the request" in response.json()["detail"]
     assert "transactions[1]" in response.json()["detail"]
     assert not spool.exists()
-    runtime.audit.close()

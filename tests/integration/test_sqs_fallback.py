@@ -59,16 +59,21 @@ def _receive_all(sqs, queue_url: str) -> list[dict]:  # type: ignore[no-untyped-
     return messages
 
 
+def _queue_client(settings_factory, tmp_path: Path, queue_url: str, sqs) -> TestClient:  # type: ignore[no-untyped-def]
+    """Return a client whose audit database cannot be opened and whose fallback is ``queue_url``."""
+    broken = settings_factory(database_url=f"sqlite:///{tmp_path}/missing/dir/audit.db",
+                              audit_fallback_queue_url=queue_url)
+    runtime = Runtime.start(broken)
+    runtime.service.fallback = SqsFallback(queue_url, sqs)  # type: ignore[union-attr]
+    return TestClient(create_app(runtime))
+
+
 def test_queue_fallback_then_replay_function(  # type: ignore[no-untyped-def]
     aws, settings_factory, bundle_dir: Path, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     queue_url = aws.create_queue(QueueName="audit-fallback")["QueueUrl"]
-    broken = settings_factory(database_url=f"sqlite:///{tmp_path}/missing/dir/audit.db",
-                              audit_fallback_queue_url=queue_url)
-    runtime = Runtime.start(broken)
-    runtime.service.fallback = SqsFallback(queue_url, aws)  # type: ignore[union-attr]
-    client = TestClient(create_app(runtime))
+    client = _queue_client(settings_factory, tmp_path, queue_url, aws)
     examples = json.loads((bundle_dir / "manifest.json").read_text())["example_transactions"]
 
     answers = [client.post("/predict", json={"transaction_id": f"q-{i}",
@@ -129,11 +134,7 @@ def test_health_reports_failed_queue_send(  # type: ignore[no-untyped-def]
     aws, settings_factory, bundle_dir: Path, tmp_path: Path,
 ) -> None:
     missing_queue = "https://sqs.us-east-1.amazonaws.com/123456789012/no-such-queue"
-    broken = settings_factory(database_url=f"sqlite:///{tmp_path}/missing/dir/audit.db",
-                              audit_fallback_queue_url=missing_queue)
-    runtime = Runtime.start(broken)
-    runtime.service.fallback = SqsFallback(missing_queue, aws)  # type: ignore[union-attr]
-    client = TestClient(create_app(runtime))
+    client = _queue_client(settings_factory, tmp_path, missing_queue, aws)
     examples = json.loads((bundle_dir / "manifest.json").read_text())["example_transactions"]
     body = {"transaction_id": "q-lost", "features": examples["uncertain"]}
 

@@ -188,20 +188,12 @@ def test_spool_problem_names_the_cause(tmp_path: Path, monkeypatch: pytest.Monke
     assert "bytes free" in str(SpoolFallback(tmp_path / "other.jsonl").problem())
 
 
-def test_health_unavailable_when_both_fail(settings_factory, tmp_path: Path,  # type: ignore[no-untyped-def]
+def test_health_unavailable_when_both_fail(outage_client, tmp_path: Path,  # type: ignore[no-untyped-def]
                                            examples: dict[str, dict[str, float]]) -> None:
-    from fastapi.testclient import TestClient
-
-    from fraudscore.api.app import create_app
-    from fraudscore.runtime import Runtime
-
     spool = tmp_path / "spool.jsonl"
     spool.mkdir()
-    runtime = Runtime.start(settings_factory(
-        database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/audit",
-        database_connect_timeout_seconds=0.5, audit_spool_path=str(spool),
-    ))
-    client = TestClient(create_app(runtime))
+    client = outage_client(spool)
+    runtime = client.app.state.runtime
     body = {"transaction_id": "both-down", "features": examples["confident_genuine"]}
 
     # Probed before any request: the database is unreachable and the spool unusable.
@@ -226,4 +218,3 @@ def test_health_unavailable_when_both_fail(settings_factory, tmp_path: Path,  # 
     recovered = client.get("/health").json()
     assert recovered["audit_fallback"] == "spool"
     assert recovered["audit_fallback_error"] is None
-    runtime.audit.close()

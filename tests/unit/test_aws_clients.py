@@ -107,7 +107,7 @@ def test_plain_loader_reads_json_and_gzip(tmp_path: Path) -> None:
 
 
 def test_plain_loader_prefers_json_to_gzip(tmp_path: Path) -> None:
-    # The order of botocore's own loader.
+    # botocore's own loader reads the .json file first too.
     loader = PlainJSONFileLoader()
     (tmp_path / "both.json").write_text('{"from": "json"}')
     (tmp_path / "both.json.gz").write_bytes(gzip.compress(b'{"from": "gzip"}'))

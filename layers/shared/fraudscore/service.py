@@ -198,8 +198,7 @@ class DecisionService:
             repeats = self.audit.write(scored.records)
         except (AuditError, IdempotencyConflictError) as exc:
             return self._complete(scored, {}, self._recover(scored, exc))
-        self.audit_status = "ok"
-        self.fallback_error = None
+        self._audit_reached_database()
         return self._complete(scored, repeats, None)
 
     async def decide_async(
@@ -219,9 +218,12 @@ class DecisionService:
             repeats = await self.audit_group.write(scored.records[0])
         except (AuditError, IdempotencyConflictError) as exc:
             return self._complete(scored, {}, self._recover(scored, exc))
+        self._audit_reached_database()
+        return self._complete(scored, repeats, None)
+
+    def _audit_reached_database(self) -> None:
         self.audit_status = "ok"
         self.fallback_error = None
-        return self._complete(scored, repeats, None)
 
     def _score(
         self, transactions: Sequence[TransactionInput], request_id: str | None

@@ -308,12 +308,13 @@ def _build_router(runtime: Runtime) -> APIRouter:
         if service is not None:
             body.audit_fallback = None if service.audit_status in {"ok", "disabled"} \
                 else service.audit_status
-            body.audit_fallback_error = service.fallback_error
             if isinstance(service.fallback, SpoolFallback):
                 body.audit_spool_pending = service.fallback.pending()
                 # Checked now, so the report clears as soon as the spool is usable again,
                 # without waiting for a request to write to it.
                 body.audit_fallback_error = service.fallback.problem()
+            else:
+                body.audit_fallback_error = service.fallback_error
             body.stage2_circuit_open = bool(service.breaker and service.breaker.is_open)
         refusal = runtime.watcher.last_refusal if runtime.watcher else None
         if refusal is not None:
