@@ -113,6 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started_at = datetime.now(UTC)
     started = time.perf_counter()
     load_at_start = os.getloadavg()
+    interpreter_ms = machine.interpreter_speed_ms()
     figures: list[Figure] = []
     errors: list[str] = []
 
@@ -138,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "mode": mode.name,
             "started_at": started_at.isoformat(timespec="seconds"),
             "duration_seconds": time.perf_counter() - started,
-            "machine": machine.describe(),
+            "machine": {**machine.describe(), "interpreter_speed_ms": interpreter_ms},
             "postgres": workspace.postgres_version,
             "data": workspace.data_source,
             "bundle": f"{workspace.bundle.version} ({workspace.bundle_dir})"

@@ -11,6 +11,11 @@ Without .pyc in the deployment, Python compiles every module it imports from the
 Stage 1 and the reference run as deployed, with audit rows written to PostgreSQL, so the
 first handler call includes connecting to the database and one INSERT. Without a reachable
 server both run with audit off, and the figures say so.
+
+One more figure bounds what stage 1 can reach with its packages: a fresh process imports,
+in the same order, every third-party module that a stage-1 cold start loads, and nothing
+of the service. The reference's cold start divided by that time is the highest ratio any
+stage-1 code built on these packages could show.
 """
 
 from __future__ import annotations
@@ -35,6 +40,10 @@ logger = logging.getLogger(__name__)
 GROUP = "cold start"
 TARGETS_MS = {"stage 1": 500.0, "stage 2": 700.0}
 MIN_SPEEDUP = 4.0
+# Top-level modules of each deployment's own code; every other module loaded from the
+# deployment's directories is a third-party package.
+OWN_CODE = {"stage 1": ("app", "fraudscore"), "stage 2": ("handler", "fraudscore"),
+            "reference": ("benchmarks",)}
 
 _CHILD = r"""
 import json, sys, time
@@ -61,17 +70,45 @@ response = module.handler(event, Context())
 answered = time.perf_counter()
 
 import os, sysconfig
-allowed = [os.path.realpath(p) for p in args["allowed"]]
-allowed += [os.path.realpath(sysconfig.get_paths()[key]) for key in ("stdlib", "platstdlib")]
-outside = sorted(
-    name for name, loaded in list(sys.modules.items())
-    if getattr(loaded, "__file__", None)
-    and not any(os.path.realpath(loaded.__file__).startswith(root + os.sep) for root in allowed)
-)
+deployment = [os.path.realpath(p) for p in args["allowed"]]
+stdlib = [os.path.realpath(sysconfig.get_paths()[key]) for key in ("stdlib", "platstdlib")]
+
+def under(loaded, roots):
+    path = getattr(loaded, "__file__", None)
+    return bool(path) and any(os.path.realpath(path).startswith(root + os.sep) for root in roots)
+
+modules = list(sys.modules.items())
+outside = sorted(name for name, loaded in modules
+                 if getattr(loaded, "__file__", None) and not under(loaded, deployment + stdlib))
+# In the order their imports finished, which importlib gives sys.modules: importing them
+# in this order imports each module after the ones it needs.
+from_deployment = [name for name, loaded in modules if under(loaded, deployment)]
 ok = response.get("statusCode") == 200 if "statusCode" in response else "probabilities" in response
 with open(args["result"], "w") as stream:
     json.dump({"import_ms": (imported - started) * 1e3, "first_ms": (answered - imported) * 1e3,
-               "ok": ok, "outside": outside, "modules": len(sys.modules)}, stream)
+               "ok": ok, "outside": outside, "modules": len(sys.modules),
+               "loaded": from_deployment}, stream)
+"""
+
+# Imports the given modules in order, with the garbage collector paused as stage 1 pauses
+# it during init. A module that an earlier one imported is not imported again.
+_STACK_CHILD = r"""
+import json, sys, time
+started = time.perf_counter()
+import gc, importlib
+gc.disable()
+args = json.loads(sys.argv[1])
+failed = []
+for name in args["modules"]:
+    if name not in sys.modules:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:
+            failed.append(f"{name}: {exc!r}")
+imported = time.perf_counter()
+with open(args["result"], "w") as stream:
+    json.dump({"import_ms": (imported - started) * 1e3, "failed": failed,
+               "modules": len(sys.modules)}, stream)
 """
 
 
@@ -106,6 +143,7 @@ def run(workspace: Workspace) -> list[Figure]:
                 "import": summarize([s["import_ms"] for s in samples]),
                 "first": summarize([s["first_ms"] for s in samples]),
                 "modules": samples[0]["modules"],
+                "loaded": samples[0]["loaded"],
             }
             logger.info("cold start %s (%s): %.0f ms", name, "pyc" if compiled else "no pyc",
                         measured[(name, compiled)]["total"].median)
@@ -114,7 +152,33 @@ def run(workspace: Workspace) -> list[Figure]:
                                       [*deployment.compiled_dirs, prepared.runtime_dir],
                                       _environment(workspace, name))
                 for name, deployment in prepared.functions.items()}
-    return _figures(measured, profiles, runs, audit)
+
+    stage1 = prepared.functions["stage 1"]
+    stack_modules = third_party_modules(measured[("stage 1", True)]["loaded"],
+                                        OWN_CODE["stage 1"])
+    stack = [_import_stack(workspace, stack_modules,
+                           [*stage1.compiled_dirs, prepared.runtime_dir],
+                           _environment(workspace, "stage 1"))
+             for _ in range(runs)]
+    figures = _figures(measured, profiles, runs, audit)
+    figures.append(_stack_figure(stack, measured[("reference", True)]["total"].median,
+                                 len(stack_modules)))
+    return figures
+
+
+def third_party_modules(loaded: list[str], own: tuple[str, ...]) -> list[str]:
+    """Keep the names in ``loaded`` (in order) that do not belong to the ``own`` packages."""
+    return [name for name in loaded if name.split(".", 1)[0] not in own]
+
+
+def _stack_figure(samples: list[dict[str, Any]], reference_ms: float,
+                  module_count: int) -> Figure:
+    total = summarize([sample["import_ms"] for sample in samples])
+    note = (f"{module_count} third-party modules that a stage-1 cold start loads, imported "
+            "in the same order, with no service code, no Lambda client, no bundle and no "
+            "first answer; the ratio is the highest stage 1 can reach with these packages")
+    return Figure(GROUP, "stage 1's third-party imports alone, .pyc shipped", "ms",
+                  total.median, runs=total.runs, reference=reference_ms, note=note)
 
 
 def _figures(measured: dict[tuple[str, bool], dict[str, Any]],
@@ -208,24 +272,45 @@ def _write_events(workspace: Workspace) -> dict[str, Path]:
 def _start(workspace: Workspace, module: str, dirs: list[Path], environment: dict[str, str],
            event: Path, *, extra_flags: tuple[str, ...] = ()) -> dict[str, Any]:
     """Run one fresh interpreter that imports ``module`` and calls its handler once."""
-    with tempfile.TemporaryDirectory(dir=workspace.work) as scratch:
-        result = Path(scratch) / "result.json"
-        arguments = json.dumps({"module": module, "event": str(event), "result": str(result),
-                                "allowed": [str(d) for d in dirs]})
-        completed = subprocess.run(  # noqa: S603 - fixed interpreter and arguments
-            [base_python(), "-S", "-s", "-B", *extra_flags, "-c", _CHILD, arguments],
-            cwd=scratch, env={**environment, "PYTHONPATH": os.pathsep.join(map(str, dirs))},
-            capture_output=True, text=True, timeout=300, check=False,
-        )
-        if completed.returncode != 0 or not result.exists():
-            raise RuntimeError(f"cold start of {module} failed ({completed.returncode}):\n"
-                               f"{completed.stderr[-3000:]}")
-        outcome = json.loads(result.read_text())
+    outcome = _run_child(workspace, _CHILD, {"module": module, "event": str(event),
+                                             "allowed": [str(d) for d in dirs]},
+                         dirs, environment, extra_flags=extra_flags, what=f"cold start of {module}")
     if not outcome["ok"]:
         raise RuntimeError(f"cold start of {module}: the first call did not succeed")
     if outcome["outside"]:
         raise RuntimeError(f"cold start of {module} imported modules from outside the "
                            f"deployment: {outcome['outside'][:10]}")
+    return outcome
+
+
+def _import_stack(workspace: Workspace, modules: list[str], dirs: list[Path],
+                  environment: dict[str, str]) -> dict[str, Any]:
+    """Run one fresh interpreter that imports ``modules`` in order, and nothing else."""
+    outcome = _run_child(workspace, _STACK_CHILD, {"modules": modules}, dirs, environment,
+                         what="third-party imports")
+    if outcome["failed"]:
+        # A module left out would make the bound too low.
+        raise RuntimeError(f"{len(outcome['failed'])} third-party modules failed to import "
+                           f"on their own: {outcome['failed'][:5]}")
+    return outcome
+
+
+def _run_child(workspace: Workspace, script: str, arguments: dict[str, Any], dirs: list[Path],
+               environment: dict[str, str], *, extra_flags: tuple[str, ...] = (),
+               what: str) -> dict[str, Any]:
+    """Run ``script`` in a fresh base interpreter on ``dirs``; return the JSON it wrote."""
+    with tempfile.TemporaryDirectory(dir=workspace.work) as scratch:
+        result = Path(scratch) / "result.json"
+        completed = subprocess.run(  # noqa: S603 - fixed interpreter and arguments
+            [base_python(), "-S", "-s", "-B", *extra_flags, "-c", script,
+             json.dumps({**arguments, "result": str(result)})],
+            cwd=scratch, env={**environment, "PYTHONPATH": os.pathsep.join(map(str, dirs))},
+            capture_output=True, text=True, timeout=300, check=False,
+        )
+        if completed.returncode != 0 or not result.exists():
+            raise RuntimeError(f"{what} failed ({completed.returncode}):\n"
+                               f"{completed.stderr[-3000:]}")
+        outcome = json.loads(result.read_text())
     outcome["stderr"] = completed.stderr
     return outcome
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
 import sys
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,24 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[name] = "missing"
     return versions
+
+
+def interpreter_speed_ms(runs: int = 5) -> float:
+    """Return the median time of a fixed pure-Python workload, in milliseconds.
+
+    The workload (one million loop steps with integer arithmetic and dictionary updates)
+    does the kind of work that imports and request handling do, and no I/O. Runs on
+    different machines compare by it: twice the time means an interpreter half as fast.
+    """
+    samples = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        counts: dict[int, int] = {}
+        for step in range(1_000_000):
+            key = step % 97
+            counts[key] = counts.get(key, 0) + step * 3
+        samples.append((time.perf_counter() - started) * 1e3)
+    return statistics.median(samples)
 
 
 def describe() -> dict[str, Any]:

@@ -83,7 +83,9 @@ def render_header(meta: dict[str, Any]) -> str:
         f"{meta['duration_seconds']:.0f} s)",
         f"Machine:    {machine['cores']} cores, {machine['memory_gib']} GiB, "
         f"{machine['cpu_model']}, {machine['platform']}",
-        f"Python:     {machine['python']}",
+        f"Python:     {machine['python']}"
+        + (f", fixed pure-Python workload {machine['interpreter_speed_ms']:.0f} ms"
+           if machine.get("interpreter_speed_ms") else ""),
         f"Packages:   {packages}",
         f"Load:       1-minute load average {meta['load_average']['start'][0]:.2f} at the "
         f"start, {meta['load_average']['end'][0]:.2f} at the end",

@@ -7,12 +7,14 @@ import threading
 import warnings
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from benchmarks.cli import build_parser, main, run_mode
+from benchmarks.cold_start import _import_stack, _stack_figure, third_party_modules
 from benchmarks.measure import Figure, summarize, time_calls
 from benchmarks.reference import (
     create_reference_app,
@@ -20,7 +22,7 @@ from benchmarks.reference import (
     load_reference,
     save_reference,
 )
-from benchmarks.report import format_number, render_markdown, render_table
+from benchmarks.report import format_number, render_header, render_markdown, render_table
 from benchmarks.throughput import WRK_SCRIPT, _drive_wrk
 from benchmarks.workspace import DATETIME, FULL, _period
 from fraudscore.bundle import load_bundle
@@ -195,3 +197,63 @@ def test_server_options_need_throughput_group(capsys: pytest.CaptureFixture[str]
         main(["--smoke", "--only", "scoring", "--rounds", "2"])
 
     assert "which --only leaves out" in capsys.readouterr().err
+
+
+def test_third_party_modules_keep_order_without_own_code() -> None:
+    loaded = ["numpy._core", "fraudscore.schema", "numpy", "app", "application", "fraudscore"]
+
+    kept = third_party_modules(loaded, ("app", "fraudscore"))
+
+    assert kept == ["numpy._core", "numpy", "application"]
+
+
+def test_import_stack_imports_each_module_once_in_order(tmp_path: Path) -> None:
+    package = tmp_path / "deployment"
+    package.mkdir()
+    record = tmp_path / "imported.txt"
+    for name, body in (("leaf", ""), ("trunk", "import leaf\n")):
+        (package / f"{name}.py").write_text(
+            f"{body}with open({str(record)!r}, 'a') as f:\n    f.write('{name}\\n')\n")
+
+    outcome = _import_stack(SimpleNamespace(work=tmp_path), ["leaf", "trunk", "leaf"],
+                            [package], {"PATH": "/usr/bin:/bin"})
+
+    assert record.read_text().split() == ["leaf", "trunk"]
+    assert outcome["failed"] == []
+    assert outcome["import_ms"] > 0
+
+
+def test_import_stack_rejects_a_module_that_fails(tmp_path: Path) -> None:
+    package = tmp_path / "deployment"
+    package.mkdir()
+    (package / "broken.py").write_text("raise ImportError('needs a native library')\n")
+
+    with pytest.raises(RuntimeError, match="broken"):
+        _import_stack(SimpleNamespace(work=tmp_path), ["broken"], [package],
+                      {"PATH": "/usr/bin:/bin"})
+
+
+def test_stack_figure_is_the_highest_reachable_ratio() -> None:
+    samples = [{"import_ms": value, "failed": []} for value in (300.0, 200.0, 250.0)]
+
+    figure = _stack_figure(samples, reference_ms=1000.0, module_count=42)
+
+    assert figure.median == 250.0
+    assert figure.runs == 3
+    assert figure.ratio == 4.0
+    assert "42 third-party modules" in figure.note
+
+
+def test_header_shows_the_interpreter_speed() -> None:
+    machine = {"cores": 2, "memory_gib": 23.5, "cpu_model": "cpu", "platform": "linux",
+               "python": "3.12.1", "packages": {"numpy": "2"}, "interpreter_speed_ms": 81.4}
+    meta = {"command": "python -m benchmarks --smoke", "mode": "smoke",
+            "started_at": "2026-01-01T00:00:00+00:00", "duration_seconds": 1.0,
+            "machine": machine, "load_average": {"start": [0.5], "end": [0.7]},
+            "postgres": None, "data": "simulated", "bundle": "b"}
+
+    header = render_header(meta)
+
+    assert "Python:     3.12.1, fixed pure-Python workload 81 ms" in header
+    del machine["interpreter_speed_ms"]
+    assert "Python:     3.12.1\n" in render_header(meta)
