@@ -12,10 +12,10 @@ Stage 1 and the reference run as deployed, with audit rows written to PostgreSQL
 first handler call includes connecting to the database and one INSERT. Without a reachable
 server both run with audit off, and the figures say so.
 
-One more figure bounds what stage 1 can reach with its packages: a fresh process imports,
-in the same order, every third-party module that a stage-1 cold start loads, and nothing
-of the service. The reference's cold start divided by that time is the highest ratio any
-stage-1 code built on these packages could show.
+One more figure bounds the ratio that stage 1 can reach with its packages. A fresh process
+imports, in the same order, every third-party module that a stage-1 cold start loads, and
+nothing of the service. The reference's cold start divided by that time is the highest
+ratio that any stage-1 code built on these packages could show.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ logger = logging.getLogger(__name__)
 GROUP = "cold start"
 TARGETS_MS = {"stage 1": 500.0, "stage 2": 700.0}
 MIN_SPEEDUP = 4.0
-# Top-level modules of each deployment's own code; every other module loaded from the
-# deployment's directories is a third-party package.
+# Top-level modules of each deployment's own code. Every other module loaded from the
+# deployment's directories belongs to a third-party package.
 OWN_CODE = {"stage 1": ("app", "fraudscore"), "stage 2": ("handler", "fraudscore"),
             "reference": ("benchmarks",)}
 
@@ -80,8 +80,8 @@ def under(loaded, roots):
 modules = list(sys.modules.items())
 outside = sorted(name for name, loaded in modules
                  if getattr(loaded, "__file__", None) and not under(loaded, deployment + stdlib))
-# In the order their imports finished, which importlib gives sys.modules: importing them
-# in this order imports each module after the ones it needs.
+# importlib moves each module to the end of sys.modules when its import finishes, so this
+# list is in that order, and importing it in this order never needs a module out of turn.
 from_deployment = [name for name, loaded in modules if under(loaded, deployment)]
 ok = response.get("statusCode") == 200 if "statusCode" in response else "probabilities" in response
 with open(args["result"], "w") as stream:
@@ -167,7 +167,7 @@ def run(workspace: Workspace) -> list[Figure]:
 
 
 def third_party_modules(loaded: list[str], own: tuple[str, ...]) -> list[str]:
-    """Keep the names in ``loaded`` (in order) that do not belong to the ``own`` packages."""
+    """Return the names in ``loaded``, in order, that belong to none of the ``own`` packages."""
     return [name for name in loaded if name.split(".", 1)[0] not in own]
 
 
@@ -176,7 +176,7 @@ def _stack_figure(samples: list[dict[str, Any]], reference_ms: float,
     total = summarize([sample["import_ms"] for sample in samples])
     note = (f"{module_count} third-party modules that a stage-1 cold start loads, imported "
             "in the same order, with no service code, no Lambda client, no bundle and no "
-            "first answer; the ratio is the highest stage 1 can reach with these packages")
+            "first answer. The ratio is the highest stage 1 can reach with these packages")
     return Figure(GROUP, "stage 1's third-party imports alone, .pyc shipped", "ms",
                   total.median, runs=total.runs, reference=reference_ms, note=note)
 
@@ -272,9 +272,9 @@ def _write_events(workspace: Workspace) -> dict[str, Path]:
 def _start(workspace: Workspace, module: str, dirs: list[Path], environment: dict[str, str],
            event: Path, *, extra_flags: tuple[str, ...] = ()) -> dict[str, Any]:
     """Run one fresh interpreter that imports ``module`` and calls its handler once."""
-    outcome = _run_child(workspace, _CHILD, {"module": module, "event": str(event),
-                                             "allowed": [str(d) for d in dirs]},
-                         dirs, environment, extra_flags=extra_flags, what=f"cold start of {module}")
+    arguments = {"module": module, "event": str(event), "allowed": [str(d) for d in dirs]}
+    outcome = _run_child(workspace, _CHILD, arguments, dirs, environment,
+                         extra_flags=extra_flags, description=f"cold start of {module}")
     if not outcome["ok"]:
         raise RuntimeError(f"cold start of {module}: the first call did not succeed")
     if outcome["outside"]:
@@ -287,7 +287,7 @@ def _import_stack(workspace: Workspace, modules: list[str], dirs: list[Path],
                   environment: dict[str, str]) -> dict[str, Any]:
     """Run one fresh interpreter that imports ``modules`` in order, and nothing else."""
     outcome = _run_child(workspace, _STACK_CHILD, {"modules": modules}, dirs, environment,
-                         what="third-party imports")
+                         description="third-party imports")
     if outcome["failed"]:
         # A module left out would make the bound too low.
         raise RuntimeError(f"{len(outcome['failed'])} third-party modules failed to import "
@@ -297,8 +297,8 @@ def _import_stack(workspace: Workspace, modules: list[str], dirs: list[Path],
 
 def _run_child(workspace: Workspace, script: str, arguments: dict[str, Any], dirs: list[Path],
                environment: dict[str, str], *, extra_flags: tuple[str, ...] = (),
-               what: str) -> dict[str, Any]:
-    """Run ``script`` in a fresh base interpreter on ``dirs``; return the JSON it wrote."""
+               description: str) -> dict[str, Any]:
+    """Run ``script`` in a fresh base interpreter on ``dirs`` and return the JSON it wrote."""
     with tempfile.TemporaryDirectory(dir=workspace.work) as scratch:
         result = Path(scratch) / "result.json"
         completed = subprocess.run(  # noqa: S603 - fixed interpreter and arguments
@@ -308,7 +308,7 @@ def _run_child(workspace: Workspace, script: str, arguments: dict[str, Any], dir
             capture_output=True, text=True, timeout=300, check=False,
         )
         if completed.returncode != 0 or not result.exists():
-            raise RuntimeError(f"{what} failed ({completed.returncode}):\n"
+            raise RuntimeError(f"{description} failed ({completed.returncode}):\n"
                                f"{completed.stderr[-3000:]}")
         outcome = json.loads(result.read_text())
     outcome["stderr"] = completed.stderr
