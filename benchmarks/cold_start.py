@@ -80,8 +80,8 @@ def under(loaded, roots):
 modules = list(sys.modules.items())
 outside = sorted(name for name, loaded in modules
                  if getattr(loaded, "__file__", None) and not under(loaded, deployment + stdlib))
-# importlib moves each module to the end of sys.modules when its import finishes, so this
-# list is in that order, and importing it in this order never needs a module out of turn.
+# importlib moves each module to the end of sys.modules when its import finishes. This
+# list keeps that order, in which every module comes after the modules it imports.
 from_deployment = [name for name, loaded in modules if under(loaded, deployment)]
 ok = response.get("statusCode") == 200 if "statusCode" in response else "probabilities" in response
 with open(args["result"], "w") as stream:
@@ -91,7 +91,8 @@ with open(args["result"], "w") as stream:
 """
 
 # Imports the given modules in order, with the garbage collector paused as stage 1 pauses
-# it during init. A module that an earlier one imported is not imported again.
+# it during init (here also for the modules of the first answer). A module that an earlier
+# one imported is not imported again.
 _STACK_CHILD = r"""
 import json, sys, time
 started = time.perf_counter()
@@ -174,9 +175,9 @@ def third_party_modules(loaded: list[str], own: tuple[str, ...]) -> list[str]:
 def _stack_figure(samples: list[dict[str, Any]], reference_ms: float,
                   module_count: int) -> Figure:
     total = summarize([sample["import_ms"] for sample in samples])
-    note = (f"{module_count} third-party modules that a stage-1 cold start loads, imported "
-            "in the same order, with no service code, no Lambda client, no bundle and no "
-            "first answer. The ratio is the highest stage 1 can reach with these packages")
+    note = (f"{module_count} third-party modules that a stage-1 cold start loads up to its "
+            "first answer, imported in the same order with no service code running. The "
+            "ratio is the highest stage 1 can reach with these packages")
     return Figure(GROUP, "stage 1's third-party imports alone, .pyc shipped", "ms",
                   total.median, runs=total.runs, reference=reference_ms, note=note)
 
@@ -289,7 +290,7 @@ def _import_stack(workspace: Workspace, modules: list[str], dirs: list[Path],
     outcome = _run_child(workspace, _STACK_CHILD, {"modules": modules}, dirs, environment,
                          description="third-party imports")
     if outcome["failed"]:
-        # A module left out would make the bound too low.
+        # A module left out would make the time too low and the ratio's bound too high.
         raise RuntimeError(f"{len(outcome['failed'])} third-party modules failed to import "
                            f"on their own: {outcome['failed'][:5]}")
     return outcome

@@ -78,6 +78,35 @@ def test_outage_loses_and_duplicates_nothing(  # type: ignore[no-untyped-def]
     direct.dispose()
 
 
+def test_health_recovers_after_replay(  # type: ignore[no-untyped-def]
+    make_client, proxied_database, postgres_database_url: str, bundle_dir: Path, tmp_path: Path
+) -> None:
+    database_url, proxy = proxied_database
+    create_schema(postgres_database_url)
+    spool = tmp_path / "spool.jsonl"
+    client = make_client(database_url=database_url, audit_spool_path=str(spool),
+                         database_connect_timeout_seconds=1.0,
+                         database_pool_timeout_seconds=1.0)
+    examples = json.loads((bundle_dir / "manifest.json").read_text())["example_transactions"]
+    proxy.cut()
+    answered = client.post("/predict", json={"transaction_id": "during-outage",
+                                             "features": examples["confident_genuine"]})
+    proxy.restore()
+    health_before_replay = client.get("/health").json()
+
+    replayed = replay_spool(spool, client.app.state.runtime.audit).replayed
+    health_after_replay = client.get("/health").json()
+
+    assert answered.status_code == 200
+    assert health_before_replay["status"] == "degraded"
+    assert health_before_replay["audit_fallback"] == "spool"
+    assert health_before_replay["audit_spool_pending"] == 1
+    assert replayed == 1
+    assert health_after_replay["audit_spool_pending"] == 0
+    assert health_after_replay["audit_fallback"] is None
+    assert health_after_replay["status"] == "ok"
+
+
 def test_replaying_twice_adds_nothing(  # type: ignore[no-untyped-def]
     make_client, postgres_database_url: str, bundle_dir: Path, tmp_path: Path
 ) -> None:

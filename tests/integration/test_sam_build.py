@@ -50,7 +50,7 @@ def build_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         return out
 
     if not (DEFAULT_BUILD_DIR / "template.yaml").is_file():
-        pytest.skip(f"no build output in {DEFAULT_BUILD_DIR}: run `sam build` first, "
+        pytest.skip(f"no build output in {DEFAULT_BUILD_DIR}: run `make sam-build` first, "
                     "or set SAM_CLI to the sam executable")
     return DEFAULT_BUILD_DIR
 

@@ -313,6 +313,10 @@ def _build_router(runtime: Runtime) -> APIRouter:
                 # Checked now, so the report clears as soon as the spool is usable again,
                 # without waiting for a request to write to it.
                 body.audit_fallback_error = service.fallback.problem()
+                if body.audit_spool_pending == 0 and body.audit_store == "ok":
+                    # The spool was replayed and the database responds, so nothing waits
+                    # for an operator, although no write has reached the database since.
+                    body.audit_fallback = None
             else:
                 body.audit_fallback_error = service.fallback_error
             body.stage2_circuit_open = bool(service.breaker and service.breaker.is_open)
