@@ -52,8 +52,8 @@ def test_server_under_load_audits_every_request(
     env = {**os.environ, "MODEL_URI": str(bundle_dir), "DATABASE_URL": postgres_database_url,
            "AUDIT_SPOOL_PATH": str(tmp_path / "spool.jsonl"), "POWERTOOLS_LOG_LEVEL": "WARNING"}
     # uvicorn closes a keep-alive connection after 5 idle seconds by default. On a busy
-    # machine the client can send on such a connection just as it closes, and gets a
-    # ReadError that says nothing about the service, so idle connections stay open longer.
+    # machine the client can send on such a connection just as it closes and get a
+    # ReadError, which is no fault of the service, so idle connections stay open longer.
     server = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "functions.stage1.app:app", "--host", "127.0.0.1",
          "--port", str(port), "--no-access-log", "--timeout-keep-alive", "60"],
