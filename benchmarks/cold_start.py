@@ -154,6 +154,8 @@ def run(workspace: Workspace) -> list[Figure]:
                                       _environment(workspace, name))
                 for name, deployment in prepared.functions.items()}
 
+    # NOTE: the bound runs after every other cold start, so a machine whose speed drifts
+    # during the run skews its ratio. Taking turns with the other cold starts would not.
     stage1 = prepared.functions["stage 1"]
     stack_modules = third_party_modules(measured[("stage 1", True)]["loaded"],
                                         OWN_CODE["stage 1"])
