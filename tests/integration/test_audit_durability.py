@@ -29,6 +29,12 @@ def proxied_database(postgres_database_url: str):  # type: ignore[no-untyped-def
     proxy.close()
 
 
+def _client_with_spool(make_client, database_url: str, spool: Path):  # type: ignore[no-untyped-def]
+    """Return a client whose audit writes give up on the database after 1 s and go to ``spool``."""
+    return make_client(database_url=database_url, audit_spool_path=str(spool),
+                       database_connect_timeout_seconds=1.0, database_pool_timeout_seconds=1.0)
+
+
 def test_outage_loses_and_duplicates_nothing(  # type: ignore[no-untyped-def]
     make_client, proxied_database, postgres_database_url: str, bundle_dir: Path, tmp_path: Path
 ) -> None:
@@ -36,9 +42,7 @@ def test_outage_loses_and_duplicates_nothing(  # type: ignore[no-untyped-def]
     direct = create_engine(postgres_database_url)
     create_schema(postgres_database_url)
     spool = tmp_path / "spool.jsonl"
-    client = make_client(database_url=database_url, audit_spool_path=str(spool),
-                         database_connect_timeout_seconds=1.0,
-                         database_pool_timeout_seconds=1.0)
+    client = _client_with_spool(make_client, database_url, spool)
     examples = json.loads((bundle_dir / "manifest.json").read_text())["example_transactions"]
     kinds = ["confident_genuine", "uncertain"]
 
@@ -84,9 +88,7 @@ def test_health_recovers_after_replay(  # type: ignore[no-untyped-def]
     database_url, proxy = proxied_database
     create_schema(postgres_database_url)
     spool = tmp_path / "spool.jsonl"
-    client = make_client(database_url=database_url, audit_spool_path=str(spool),
-                         database_connect_timeout_seconds=1.0,
-                         database_pool_timeout_seconds=1.0)
+    client = _client_with_spool(make_client, database_url, spool)
     examples = json.loads((bundle_dir / "manifest.json").read_text())["example_transactions"]
     proxy.cut()
     answered = client.post("/predict", json={"transaction_id": "during-outage",

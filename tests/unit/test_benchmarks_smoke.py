@@ -199,12 +199,12 @@ def test_server_options_need_throughput_group(capsys: pytest.CaptureFixture[str]
     assert "which --only leaves out" in capsys.readouterr().err
 
 
-def test_third_party_modules_keep_order_without_own_code() -> None:
+def test_third_party_modules_drop_own_code() -> None:
     loaded = ["numpy._core", "fraudscore.schema", "numpy", "app", "application", "fraudscore"]
 
-    kept = third_party_modules(loaded, ("app", "fraudscore"))
+    third_party = third_party_modules(loaded, ("app", "fraudscore"))
 
-    assert kept == ["numpy._core", "numpy", "application"]
+    assert third_party == ["numpy._core", "numpy", "application"]
 
 
 def test_import_stack_imports_each_module_once_in_order(tmp_path: Path) -> None:
