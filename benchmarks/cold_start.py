@@ -10,7 +10,12 @@ Without .pyc in the deployment, Python compiles every module it imports from the
 
 Stage 1 and the reference run as deployed, with audit rows written to PostgreSQL, so the
 first handler call includes connecting to the database and one INSERT. Without a reachable
-server both run with audit off, and the figures say so.
+server both run with audit off, and the figures say so. The environment says
+``AWS_LAMBDA_INITIALIZATION_TYPE=on-demand``, as Lambda does in a container started for a
+waiting request, so stage 1 creates its Lambda client on the first escalation. Its first
+request is one that stage 1 decides. A second stage-1 figure starts with a request that
+it escalates: that answer includes creating the client and one invoke of stage 2, which
+this process serves, warm, behind a Lambda Invoke endpoint on 127.0.0.1.
 
 One more figure bounds the ratio that stage 1 can reach with its packages. A fresh process
 imports, in the same order, every third-party module that a stage-1 cold start loads, and
@@ -27,12 +32,18 @@ import re
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from benchmarks import deployments
 from benchmarks.measure import Figure, summarize
 from benchmarks.workspace import Workspace
+from fraudscore.local_lambda import serve_lambda
+from fraudscore.settings import Settings
+from fraudscore.stage2_service import Stage2Service
 from tests.lambda_events import http_api_event
 
 logger = logging.getLogger(__name__)
@@ -40,6 +51,8 @@ logger = logging.getLogger(__name__)
 GROUP = "cold start"
 TARGETS_MS = {"stage 1": 500.0, "stage 2": 700.0}
 MIN_SPEEDUP = 4.0
+ESCALATED = "stage 1 escalated"
+STAGE2_FUNCTION_NAME = "fraud-stage2"
 # Top-level modules of stage 1's own code. Every other module loaded from its deployment
 # directories belongs to a third-party package.
 STAGE1_OWN_CODE = ("app", "fraudscore")
@@ -83,10 +96,12 @@ outside = sorted(name for name, loaded in modules
 # list keeps that order, in which every module comes after the modules it imports.
 from_deployment = [name for name, loaded in modules if under(loaded, deployment)]
 ok = response.get("statusCode") == 200 if "statusCode" in response else "probabilities" in response
+answer = json.loads(response["body"]) if ok and "body" in response else {}
 with open(args["result"], "w") as stream:
     json.dump({"import_ms": (imported - started) * 1e3, "first_ms": (answered - imported) * 1e3,
                "ok": ok, "outside": outside, "modules": len(sys.modules),
-               "loaded": from_deployment}, stream)
+               "loaded": from_deployment, "stage": answer.get("stage"),
+               "degraded": answer.get("degraded")}, stream)
 """
 
 # Imports the given modules in order, with the garbage collector paused as stage 1 pauses
@@ -121,51 +136,117 @@ def base_python() -> str:
     return str(getattr(sys, "_base_executable", sys.executable))
 
 
+@dataclass(frozen=True)
+class Variant:
+    """One kind of cold start: which function, with or without .pyc, and its first request."""
+
+    name: str
+    compiled: bool
+    module: str
+    dirs: list[Path]
+    environment: dict[str, str]
+    event: Path
+    # The ``stage`` that the first answer must report, for API responses.
+    expect_stage: str | None = None
+
+
 def run(workspace: Workspace) -> list[Figure]:
-    """Measure each function's cold start with and without .pyc, and the reference's."""
+    """Measure each function's cold start with and without .pyc, and the reference's.
+
+    The runs take turns: each round starts every variant once, then the import of stage
+    1's third-party modules alone. A machine whose speed drifts during the run then
+    slows every figure alike, and their ratios hold.
+    """
     missing = deployments.build_output_missing()
     if missing:
         return [Figure(GROUP, "cold start", "ms", None, note=f"skipped: {missing}")]
     prepared = deployments.prepare(workspace)
     events = _write_events(workspace)
     runs = workspace.mode.cold_runs
-
     audit = "PostgreSQL audit" if workspace.database_url else "audit off"
-    measured: dict[tuple[str, bool], dict[str, Any]] = {}
-    for name, deployment in prepared.functions.items():
-        for compiled in (False, True):
-            dirs = deployment.compiled_dirs if compiled else deployment.source_dirs
-            samples = [_start(workspace, deployment.module, [*dirs, prepared.runtime_dir],
-                              _environment(workspace, name), events[name])
-                       for _ in range(runs)]
-            measured[(name, compiled)] = {
-                "total": summarize([s["import_ms"] + s["first_ms"] for s in samples]),
-                "import": summarize([s["import_ms"] for s in samples]),
-                "first": summarize([s["first_ms"] for s in samples]),
-                "modules": samples[0]["modules"],
-                "loaded": samples[0]["loaded"],
-            }
-            logger.info("cold start %s (%s): %.0f ms", name, "pyc" if compiled else "no pyc",
-                        measured[(name, compiled)]["total"].median)
 
-    profiles = {name: _import_profile(workspace, deployment.module,
-                                      [*deployment.compiled_dirs, prepared.runtime_dir],
-                                      _environment(workspace, name))
-                for name, deployment in prepared.functions.items()}
+    with _stage2_endpoint(workspace) as endpoint_url:
+        variants = _variants(workspace, prepared, events, endpoint_url)
+        stage1 = next(v for v in variants if v.name == "stage 1" and v.compiled)
+        # One start before the rounds lists the modules that stage 1 loads, for the bound.
+        listing = _start(workspace, stage1.module, stage1.dirs, stage1.environment,
+                         stage1.event, expect_stage=stage1.expect_stage)
+        stack_modules = third_party_modules(listing["loaded"], STAGE1_OWN_CODE)
+        samples: dict[tuple[str, bool], list[dict[str, Any]]] = {
+            (v.name, v.compiled): [] for v in variants}
+        stack = []
+        for round_number in range(1, runs + 1):
+            for variant in variants:
+                samples[(variant.name, variant.compiled)].append(_start(
+                    workspace, variant.module, variant.dirs, variant.environment,
+                    variant.event, expect_stage=variant.expect_stage))
+            stack.append(_import_stack(workspace, stack_modules, stage1.dirs,
+                                       stage1.environment))
+            logger.info("cold start round %d of %d: stage 1 %.0f ms, reference %.0f ms",
+                        round_number, runs, _total(samples[("stage 1", True)][-1]),
+                        _total(samples[("reference", True)][-1]))
+        profiles = {v.name: _import_profile(workspace, v.module, v.dirs, v.environment, v.event)
+                    for v in variants if v.compiled and v.name in ("stage 1", "stage 2",
+                                                                   "reference")}
 
-    # NOTE: the bound runs after every other cold start, so a machine whose speed drifts
-    # during the run skews its ratio. Taking turns with the other cold starts would not.
-    stage1 = prepared.functions["stage 1"]
-    stack_modules = third_party_modules(measured[("stage 1", True)]["loaded"],
-                                        STAGE1_OWN_CODE)
-    stack = [_import_stack(workspace, stack_modules,
-                           [*stage1.compiled_dirs, prepared.runtime_dir],
-                           _environment(workspace, "stage 1"))
-             for _ in range(runs)]
+    measured = {key: _summarize_starts(values) for key, values in samples.items()}
     figures = _figures(measured, profiles, runs, audit)
     figures.append(_stack_figure(stack, measured[("reference", True)]["total"].median,
                                  len(stack_modules)))
     return figures
+
+
+def _variants(workspace: Workspace, prepared: deployments.Deployments,
+              events: dict[str, Path], endpoint_url: str) -> list[Variant]:
+    variants = []
+    for name in ("stage 1", "stage 2", "reference"):
+        deployment = prepared.functions[name]
+        environment = _environment(workspace, name, endpoint_url)
+        expect = "stage1" if name == "stage 1" else None
+        for compiled in (False, True):
+            dirs = [*(deployment.compiled_dirs if compiled else deployment.source_dirs),
+                    prepared.runtime_dir]
+            variants.append(Variant(name, compiled, deployment.module, dirs, environment,
+                                    events[name], expect))
+    stage1 = prepared.functions["stage 1"]
+    variants.append(Variant(ESCALATED, True, stage1.module,
+                            [*stage1.compiled_dirs, prepared.runtime_dir],
+                            _environment(workspace, "stage 1", endpoint_url),
+                            events[ESCALATED], "stage2"))
+    return variants
+
+
+@contextmanager
+def _stage2_endpoint(workspace: Workspace) -> Iterator[str]:
+    """Serve the bundle's stage 2 behind a local Lambda Invoke endpoint on 127.0.0.1.
+
+    Stage 1 escalates to it as it would to the stage-2 function. It runs in this
+    process, warm, so an escalated cold start counts stage 1's own start and one
+    invoke, not stage 2's cold start (measured on its own).
+    """
+    service = Stage2Service.start(Settings.from_env({}, model_uri=str(workspace.bundle_dir)))
+    if service.load_error is not None:
+        raise RuntimeError(f"stage 2 for the escalated cold start: {service.load_error}")
+    server, thread = serve_lambda(lambda event, _context: service.handle(event),
+                                  function_name=STAGE2_FUNCTION_NAME)
+    try:
+        yield server.endpoint_url
+    finally:
+        server.stop()
+        thread.join(timeout=10)
+
+
+def _total(sample: dict[str, Any]) -> float:
+    return float(sample["import_ms"] + sample["first_ms"])
+
+
+def _summarize_starts(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "total": summarize([_total(s) for s in samples]),
+        "import": summarize([s["import_ms"] for s in samples]),
+        "first": summarize([s["first_ms"] for s in samples]),
+        "modules": samples[0]["modules"],
+    }
 
 
 def third_party_modules(loaded: list[str], own: tuple[str, ...]) -> list[str]:
@@ -206,6 +287,16 @@ def _figures(measured: dict[tuple[str, bool], dict[str, Any]],
                 figure.target = f"< {limit:.0f} ms and >= {MIN_SPEEDUP:.0f}x reference"
                 figure.met = ours["total"].median < limit and (figure.ratio or 0) >= MIN_SPEEDUP
             figures.append(figure)
+            if name == "stage 1" and compiled:
+                escalated = measured[(ESCALATED, True)]
+                figures.append(Figure(
+                    GROUP, f"stage 1, .pyc shipped{with_audit}, first answer escalated", "ms",
+                    escalated["total"].median, runs=runs, reference=reference["total"].median,
+                    note=f"import {escalated['import'].median:.0f} ms + first answer "
+                         f"{escalated['first'].median:.0f} ms, which creates the Lambda "
+                         "client and invokes stage 2 (warm, on 127.0.0.1); "
+                         f"{escalated['modules']} modules",
+                ))
     for compiled in (False, True):
         reference = measured[("reference", compiled)]
         label = ".pyc shipped" if compiled else "no .pyc (python -B)"
@@ -218,7 +309,7 @@ def _figures(measured: dict[tuple[str, bool], dict[str, Any]],
     return figures
 
 
-def _environment(workspace: Workspace, name: str) -> dict[str, str]:
+def _environment(workspace: Workspace, name: str, endpoint_url: str) -> dict[str, str]:
     environment = {
         "PATH": "/usr/bin:/bin",
         "LANG": "C.UTF-8",
@@ -229,6 +320,8 @@ def _environment(workspace: Workspace, name: str) -> dict[str, str]:
         "AWS_ACCESS_KEY_ID": "benchmark",
         "AWS_SECRET_ACCESS_KEY": "benchmark",
         "AWS_EC2_METADATA_DISABLED": "true",
+        # A container started for a waiting request, as most cold starts are.
+        "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
         "API_BASE_PATH": "/v1",
     }
     if name == "reference":
@@ -242,7 +335,9 @@ def _environment(workspace: Workspace, name: str) -> dict[str, str]:
         # As deployed: stage 2 is another function, so stage 1 creates a Lambda client,
         # and every decision is audited.
         environment["STAGE2_MODE"] = "lambda"
-        environment["STAGE2_FUNCTION_NAME"] = "fraud-stage2"
+        environment["STAGE2_FUNCTION_NAME"] = STAGE2_FUNCTION_NAME
+        environment["STAGE2_ENDPOINT_URL"] = endpoint_url
+        environment["STAGE2_READ_TIMEOUT_SECONDS"] = "10"
         if workspace.database_url:
             environment["AUDIT_ENABLED"] = "true"
             environment["DATABASE_URL"] = workspace.database_url
@@ -263,8 +358,12 @@ def _write_events(workspace: Workspace) -> dict[str, Path]:
         "features": [[float(confident[name]) for name in names]],
     }
     paths = {}
+    uncertain = workspace.examples.get("uncertain")
+    if not uncertain:
+        raise RuntimeError("the bundle has no 'uncertain' example transaction to escalate")
+    escalated_event = http_api_event("POST", "/predict", {"features": uncertain})
     for name, event in (("stage 1", http_event), ("stage 2", stage2_event),
-                        ("reference", http_event)):
+                        ("reference", http_event), (ESCALATED, escalated_event)):
         path = directory / f"{name.replace(' ', '')}.json"
         path.write_text(json.dumps(event))
         paths[name] = path
@@ -272,13 +371,22 @@ def _write_events(workspace: Workspace) -> dict[str, Path]:
 
 
 def _start(workspace: Workspace, module: str, dirs: list[Path], environment: dict[str, str],
-           event: Path, *, extra_flags: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Run one fresh interpreter that imports ``module`` and calls its handler once."""
+           event: Path, *, expect_stage: str | None = None,
+           extra_flags: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Run one fresh interpreter that imports ``module`` and calls its handler once.
+
+    With ``expect_stage``, the answer must be an undegraded decision of that stage.
+    """
     arguments = {"module": module, "event": str(event), "allowed": [str(d) for d in dirs]}
     outcome = _run_child(workspace, _CHILD, arguments, dirs, environment,
                          extra_flags=extra_flags, description=f"cold start of {module}")
     if not outcome["ok"]:
         raise RuntimeError(f"cold start of {module}: the first call did not succeed")
+    if expect_stage is not None and (outcome["stage"], outcome["degraded"]) != (expect_stage,
+                                                                              False):
+        raise RuntimeError(f"cold start of {module}: the first answer came from "
+                           f"{outcome['stage']} (degraded: {outcome['degraded']}), "
+                           f"expected {expect_stage}")
     if outcome["outside"]:
         raise RuntimeError(f"cold start of {module} imported modules from outside the "
                            f"deployment: {outcome['outside'][:10]}")
@@ -318,10 +426,9 @@ def _run_child(workspace: Workspace, script: str, arguments: dict[str, Any], dir
 
 
 def _import_profile(workspace: Workspace, module: str, dirs: list[Path],
-                    environment: dict[str, str], top: int = 12) -> list[tuple[str, float]]:
+                    environment: dict[str, str], event: Path,
+                    top: int = 12) -> list[tuple[str, float]]:
     """Import time per top-level package (``-X importtime`` self times summed), in ms."""
-    events = _write_events(workspace)
-    event = events["stage 2"] if module == "handler" else events["stage 1"]
     outcome = _start(workspace, module, dirs, environment, event,
                      extra_flags=("-X", "importtime"))
     totals: dict[str, float] = {}

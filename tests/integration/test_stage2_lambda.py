@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 import threading
+import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -20,9 +22,11 @@ import numpy as np
 import pytest
 from botocore.config import Config
 
-from fraudscore.bundle import Bundle, load_bundle
+from fraudscore import stage2_client
+from fraudscore.bundle import Bundle, load_bundle, manifest_digest
 from fraudscore.exceptions import Stage2Error
 from fraudscore.local_lambda import LambdaInvokeServer, serve_lambda
+from fraudscore.runtime import Runtime
 from fraudscore.settings import Settings, Stage2Mode
 from fraudscore.stage2 import BoosterScorer
 from fraudscore.stage2_client import InProcessStage2, LambdaStage2
@@ -323,6 +327,12 @@ def _uncertain_example(bundle: Bundle) -> dict[str, float]:
     return example
 
 
+def _confident_example(bundle: Bundle) -> dict[str, float]:
+    example = bundle.manifest["example_transactions"].get("confident_genuine")
+    assert example, "the bundle has no 'confident_genuine' example transaction"
+    return dict(example)
+
+
 def _lambda_client(make_client, server: LambdaInvokeServer, **overrides: Any):
     settings = {
         "stage2_mode": Stage2Mode.LAMBDA,
@@ -426,3 +436,153 @@ def test_breaker_stops_invoking(start_server, make_client, bundle) -> None:
     assert invocations_when_opened == threshold
     assert [r.json()["degraded_reason"] for r in skipped] == ["circuit_open"] * 3
     assert server.invocations == threshold, "the open breaker still invoked stage 2"
+
+
+# When the Lambda client is created.
+
+
+def test_client_created_by_first_escalation(start_server, stage2_service, bundle, rows) -> None:
+    server = _serve_stage2(start_server, stage2_service)
+    client = LambdaStage2(FUNCTION_NAME, connect_timeout=1.0, read_timeout=READ_TIMEOUT,
+                          endpoint_url=server.endpoint_url, create_client_at_init=False)
+
+    created_at_init = client.client_created
+    first = client.score(rows[:2], bundle_version=bundle.version, correlation_id="r-lazy-1")
+    botocore_client = client.client
+    second = client.score(rows[:2], bundle_version=bundle.version, correlation_id="r-lazy-2")
+
+    assert created_at_init is False
+    assert client.client_created is True
+    assert client.client is botocore_client, "a second escalation created another client"
+    assert first.tolist() == second.tolist()
+    assert server.invocations == 2
+
+
+def test_concurrent_first_escalations_create_one_client(
+    start_server, stage2_service, bundle, rows, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = _serve_stage2(start_server, stage2_service)
+    created: list[Any] = []
+    real = stage2_client.make_lambda_client
+
+    def counting(**options: Any) -> Any:
+        created.append(real(**options))
+        return created[-1]
+
+    monkeypatch.setattr(stage2_client, "make_lambda_client", counting)
+    # The local endpoint's listen backlog is 5, so more threads would wait on connects.
+    client = LambdaStage2(FUNCTION_NAME, connect_timeout=READ_TIMEOUT, read_timeout=READ_TIMEOUT,
+                          endpoint_url=server.endpoint_url, create_client_at_init=False)
+    threads = 4
+    barrier = threading.Barrier(threads)
+    results: list[list[float]] = []
+
+    def escalate(index: int) -> None:
+        barrier.wait()
+        results.append(client.score(rows[:1], bundle_version=bundle.version,
+                                    correlation_id=f"r-race-{index}").tolist())
+
+    workers = [threading.Thread(target=escalate, args=(i,)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=30)
+
+    assert len(created) == 1
+    assert len(results) == threads
+    assert all(result == results[0] for result in results)
+    assert server.invocations == threads
+
+
+@pytest.mark.parametrize(
+    ("initialization_type", "created_at_init"),
+    [("on-demand", False), ("provisioned-concurrency", True), ("snap-start", True),
+     (None, True)],
+)
+def test_initialization_type_decides_when_the_client_is_created(
+    start_server, stage2_service, make_client, settings_factory, bundle,
+    initialization_type: str | None, created_at_init: bool,
+) -> None:
+    server = _serve_stage2(start_server, stage2_service)
+    runtime = Runtime.start(settings_factory(
+        stage2_mode=Stage2Mode.LAMBDA, stage2_function_name=FUNCTION_NAME,
+        stage2_endpoint_url=server.endpoint_url, stage2_read_timeout_seconds=READ_TIMEOUT,
+        aws_lambda_initialization_type=initialization_type,
+    ))
+    client = make_client(runtime)
+    assert runtime.service is not None, runtime.load_error
+    stage2 = runtime.service.stage2
+    assert isinstance(stage2, LambdaStage2)
+    at_init = stage2.client_created
+
+    confident = client.post("/predict", json={"features": _confident_example(bundle)})
+    after_stage1_decision = stage2.client_created
+    escalated = client.post("/predict", json={"features": _uncertain_example(bundle)})
+
+    assert at_init is created_at_init
+    assert after_stage1_decision is created_at_init
+    assert confident.json()["stage"] == "stage1"
+    assert escalated.status_code == 200, escalated.text
+    assert escalated.json()["stage"] == "stage2"
+    assert escalated.json()["degraded"] is False
+    assert stage2.client_created is True
+    assert server.invocations == 1
+
+
+def test_client_that_cannot_be_created_gets_the_failure_policy(
+    start_server, stage2_service, make_client, bundle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = _serve_stage2(start_server, stage2_service)
+    # Without a region botocore cannot create a Lambda client.
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    client = _lambda_client(make_client, server, aws_lambda_initialization_type="on-demand",
+                            stage2_failure_policy="review")
+
+    response = client.post("/predict", json={"features": _uncertain_example(bundle)})
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["degraded"] is True
+    assert body["degraded_reason"] == "invoke_failed"
+    assert body["stage"] == "stage1"
+    assert body["manual_review"] is True
+    assert server.requests == 0
+
+
+def test_client_that_cannot_be_created_at_init_is_reported(
+    start_server, stage2_service, make_client, bundle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = _serve_stage2(start_server, stage2_service)
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    client = _lambda_client(make_client, server)
+
+    predict = client.post("/predict", json={"features": _confident_example(bundle)})
+    health = client.get("/health")
+
+    assert predict.status_code == 503, predict.text
+    assert health.status_code == 503, health.text
+    assert "region" in health.text.lower()
+
+
+def test_bundle_refresh_keeps_the_lambda_client(
+    start_server, stage2_service, make_client, bundle, bundle_dir: Path, tmp_path: Path
+) -> None:
+    server = _serve_stage2(start_server, stage2_service)
+    live = tmp_path / "live"
+    shutil.copytree(bundle_dir, live)
+    client = _lambda_client(make_client, server, model_uri=str(live),
+                            bundle_refresh_seconds=0.01)
+    runtime = client.app.state.runtime
+    before = runtime.service.stage2
+    client.post("/predict", json={"features": _uncertain_example(bundle)})
+
+    manifest = json.loads((live / "manifest.json").read_text())
+    manifest["bundle_version"] = "next-version"
+    manifest["manifest_sha256"] = manifest_digest(manifest)
+    (live / "manifest.json").write_text(json.dumps(manifest))
+    time.sleep(0.05)
+    response = client.post("/predict", json={"features": _uncertain_example(bundle)})
+
+    assert response.json()["model_version"] == "next-version"
+    assert runtime.service.stage2 is before
+    assert before.client_created is True

@@ -87,9 +87,12 @@ def refresh_bundle(runtime: Runtime) -> None:
     replacement = watcher.poll(service.bundle)
     if replacement is None:
         return
+    # A Lambda stage 2 does not depend on the bundle, so its client is kept.
+    stage2 = service.stage2 if isinstance(service.stage2, LambdaStage2) \
+        else make_stage2_client(runtime.settings, replacement)
     runtime.service = DecisionService(
         replacement,
-        make_stage2_client(runtime.settings, replacement),
+        stage2,
         service.audit,
         failure_policy=service.failure_policy,
         breaker=service.breaker,
@@ -113,6 +116,7 @@ def make_stage2_client(settings: Settings, bundle: Bundle) -> Stage2Client:
             connect_timeout=settings.stage2_connect_timeout_seconds,
             read_timeout=settings.stage2_read_timeout_seconds,
             endpoint_url=settings.stage2_endpoint_url,
+            create_client_at_init=not settings.on_demand_lambda_init,
         )
     client = InProcessStage2(
         bundle.stage2_model,

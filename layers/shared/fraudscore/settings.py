@@ -46,6 +46,8 @@ class Env:
     MAX_BODY_BYTES = "MAX_BODY_BYTES"
     API_BASE_PATH = "API_BASE_PATH"
     CORS_ALLOW_ORIGINS = "CORS_ALLOW_ORIGINS"
+    # Set by Lambda, not by the template: on-demand, provisioned-concurrency or snap-start.
+    AWS_LAMBDA_INITIALIZATION_TYPE = "AWS_LAMBDA_INITIALIZATION_TYPE"
 
 
 class Stage2Mode(StrEnum):
@@ -102,6 +104,18 @@ class Settings:
     max_body_bytes: int = 1_048_576
     api_base_path: str = ""
     cors_allow_origins: tuple[str, ...] = field(default_factory=tuple)
+    aws_lambda_initialization_type: str | None = None
+
+    @property
+    def on_demand_lambda_init(self) -> bool:
+        """Whether this process is a Lambda container started for a waiting request.
+
+        Such a container creates the stage-2 Lambda client on the first escalation. Under
+        provisioned concurrency or SnapStart, init runs before any request waits, and
+        outside Lambda (uvicorn) a server reports ready only after init, so there
+        every client is created at init.
+        """
+        return self.aws_lambda_initialization_type == "on-demand"
 
     @classmethod
     def from_env(
