@@ -50,7 +50,7 @@ class ConnectionPool[ConnectionT]:
     close : callable
         Closes a connection; errors it raises are logged and ignored.
     size : int
-        Idle connections idle_checkout for reuse.
+        Idle connections kept for reuse.
     max_overflow : int
         Connections allowed beyond ``size`` while all others are in use.
     timeout_seconds : float
@@ -91,7 +91,7 @@ class ConnectionPool[ConnectionT]:
         """Lend a connection for the ``with`` block.
 
         When the block raises an exception for which ``discard_on`` returns True, the
-        connection is closed instead of being idle_checkout, so the next checkout opens a new one.
+        connection is closed instead of being kept, so the next checkout opens a new one.
         """
         if not self._slots.acquire(timeout=self.timeout_seconds):
             raise PoolTimeoutError(
@@ -124,7 +124,7 @@ class ConnectionPool[ConnectionT]:
             self._discard(checkout.connection)
 
     def idle_count(self) -> int:
-        """Number of idle connections idle_checkout for reuse."""
+        """Number of idle connections kept for reuse."""
         return len(self._idle)
 
     def _take(self) -> Checkout[ConnectionT]:
