@@ -37,6 +37,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from benchmarks import deployments
 from benchmarks.measure import Figure, summarize
@@ -45,6 +46,7 @@ from fraudscore.local_lambda import serve_lambda
 from fraudscore.settings import Settings
 from fraudscore.stage2_service import Stage2Service
 from tests.lambda_events import http_api_event
+from training.publish import publish_bundle
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +55,9 @@ TARGETS_MS = {"stage 1": 500.0, "stage 2": 700.0}
 MIN_SPEEDUP = 4.0
 ESCALATED = "stage 1 escalated"
 STAGE2_FUNCTION_NAME = "fraud-stage2"
+# Variants that read their model from S3 and the database password from Secrets Manager.
+FROM_AWS = {"stage 1": "stage 1 from AWS", "reference": "reference from AWS"}
+S3_BUCKET = "fraud-benchmark"
 # Top-level modules of stage 1's own code. Every other module loaded from its deployment
 # directories belongs to a third-party package.
 STAGE1_OWN_CODE = ("app", "fraudscore")
@@ -165,8 +170,8 @@ def run(workspace: Workspace) -> list[Figure]:
     runs = workspace.mode.cold_runs
     audit = "PostgreSQL audit" if workspace.database_url else "audit off"
 
-    with _stage2_endpoint(workspace) as endpoint_url:
-        variants = _variants(workspace, prepared, events, endpoint_url)
+    with _stage2_endpoint(workspace) as endpoint_url, _aws_stand_in(workspace) as aws:
+        variants = _variants(workspace, prepared, events, endpoint_url, aws)
         stage1 = next(v for v in variants if v.name == "stage 1" and v.compiled)
         # One start before the rounds lists the modules that stage 1 loads, for the bound.
         listing = _start(workspace, stage1.module, stage1.dirs, stage1.environment,
@@ -190,14 +195,14 @@ def run(workspace: Workspace) -> list[Figure]:
                                                                    "reference")}
 
     measured = {key: _summarize_starts(values) for key, values in samples.items()}
-    figures = _figures(measured, profiles, runs, audit)
+    figures = _figures(measured, profiles, runs, audit, aws.secret_arn is not None)
     figures.append(_stack_figure(stack, measured[("reference", True)]["total"].median,
                                  len(stack_modules)))
     return figures
 
 
 def _variants(workspace: Workspace, prepared: deployments.Deployments,
-              events: dict[str, Path], endpoint_url: str) -> list[Variant]:
+              events: dict[str, Path], endpoint_url: str, aws: AwsStandIn) -> list[Variant]:
     variants = []
     for name in ("stage 1", "stage 2", "reference"):
         deployment = prepared.functions[name]
@@ -213,7 +218,81 @@ def _variants(workspace: Workspace, prepared: deployments.Deployments,
                             [*stage1.compiled_dirs, prepared.runtime_dir],
                             _environment(workspace, "stage 1", endpoint_url),
                             events[ESCALATED], "stage2"))
+    for name, variant_name in FROM_AWS.items():
+        deployment = prepared.functions[name]
+        environment = _aws_environment(workspace, name, _environment(workspace, name,
+                                                                     endpoint_url), aws)
+        variants.append(Variant(variant_name, True, deployment.module,
+                                [*deployment.compiled_dirs, prepared.runtime_dir],
+                                environment, events[name],
+                                "stage1" if name == "stage 1" else None))
     return variants
+
+
+@dataclass(frozen=True)
+class AwsStandIn:
+    """moto's S3 and Secrets Manager on 127.0.0.1, holding what the functions read in AWS."""
+
+    endpoint_url: str
+    bundle_uri: str
+    reference_uri: str
+    # None when the run has no database, and so no password to keep.
+    secret_arn: str | None
+
+
+@contextmanager
+def _aws_stand_in(workspace: Workspace) -> Iterator[AwsStandIn]:
+    """Serve the bundle, the reference's joblib file and the database secret as AWS would.
+
+    The bundle is published with ``training.publish``, as a deployment publishes it, so
+    stage 1 follows ``ACTIVE.json`` to it.
+    """
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        options = {"endpoint_url": f"http://{host}:{port}", "region_name": "us-east-1",
+                   "aws_access_key_id": "benchmark", "aws_secret_access_key": "benchmark"}
+        s3 = boto3.client("s3", **options)
+        s3.create_bucket(Bucket=S3_BUCKET)
+        publish_bundle(workspace.bundle_dir, f"s3://{S3_BUCKET}/bundles", s3_client=s3)
+        s3.upload_file(str(workspace.reference_path), S3_BUCKET, "reference/model.joblib")
+        secret_arn = None
+        if workspace.database_url:
+            address = urlsplit(workspace.database_url)
+            secret = {"username": unquote(address.username or "postgres"),
+                      "password": unquote(address.password or "")}
+            secret_arn = boto3.client("secretsmanager", **options).create_secret(
+                Name="fraud-benchmark-database", SecretString=json.dumps(secret))["ARN"]
+        yield AwsStandIn(options["endpoint_url"], f"s3://{S3_BUCKET}/bundles",
+                         f"s3://{S3_BUCKET}/reference/model.joblib", secret_arn)
+    finally:
+        server.stop()
+
+
+def _aws_environment(workspace: Workspace, name: str, environment: dict[str, str],
+                     aws: AwsStandIn) -> dict[str, str]:
+    """``environment`` changed to read the model from S3 and the password from Secrets Manager."""
+    changed = {**environment, "AWS_ENDPOINT_URL": aws.endpoint_url}
+    prefix = "REFERENCE_" if name == "reference" else ""
+    if name == "reference":
+        del changed["REFERENCE_MODEL_PATH"]
+        changed["REFERENCE_MODEL_URI"] = aws.reference_uri
+    else:
+        changed["MODEL_URI"] = aws.bundle_uri
+    if aws.secret_arn and workspace.database_url:
+        address = urlsplit(workspace.database_url)
+        del changed[f"{prefix}DATABASE_URL"]
+        changed.update({
+            f"{prefix}DATABASE_SECRET_ARN": aws.secret_arn,
+            f"{prefix}DATABASE_HOST": address.hostname or "127.0.0.1",
+            f"{prefix}DATABASE_PORT": str(address.port or 5432),
+            f"{prefix}DATABASE_NAME": address.path.lstrip("/"),
+        })
+    return changed
 
 
 @contextmanager
@@ -266,7 +345,7 @@ def _stack_figure(samples: list[dict[str, Any]], reference_ms: float,
 
 def _figures(measured: dict[tuple[str, bool], dict[str, Any]],
              profiles: dict[str, list[tuple[str, float]]], runs: int,
-             audit: str) -> list[Figure]:
+             audit: str, with_secret: bool) -> list[Figure]:
     figures = []
     for name in ("stage 1", "stage 2"):
         for compiled in (False, True):
@@ -297,6 +376,15 @@ def _figures(measured: dict[tuple[str, bool], dict[str, Any]],
                          "client and invokes stage 2 (warm, on 127.0.0.1); "
                          f"{escalated['modules']} modules",
                 ))
+    sources = "model in S3" + (", password in Secrets Manager" if with_secret else "")
+    ours, reference = measured[(FROM_AWS["stage 1"], True)], measured[(FROM_AWS["reference"], True)]
+    figures.append(Figure(
+        GROUP, f"stage 1, .pyc shipped, {audit}, {sources}", "ms", ours["total"].median,
+        runs=runs, reference=reference["total"].median,
+        note=f"import {ours['import'].median:.0f} ms + first answer "
+             f"{ours['first'].median:.0f} ms; S3 and Secrets Manager are moto's server on "
+             f"127.0.0.1; {ours['modules']} modules",
+    ))
     for compiled in (False, True):
         reference = measured[("reference", compiled)]
         label = ".pyc shipped" if compiled else "no .pyc (python -B)"
@@ -306,6 +394,13 @@ def _figures(measured: dict[tuple[str, bool], dict[str, Any]],
             note=f"import {reference['import'].median:.0f} ms + first answer "
                  f"{reference['first'].median:.0f} ms; {reference['modules']} modules",
         ))
+    reference = measured[(FROM_AWS["reference"], True)]
+    figures.append(Figure(
+        GROUP, f"reference (one function), .pyc shipped, {audit}, {sources}", "ms",
+        reference["total"].median, runs=runs,
+        note=f"import {reference['import'].median:.0f} ms + first answer "
+             f"{reference['first'].median:.0f} ms, with boto3; {reference['modules']} modules",
+    ))
     return figures
 
 

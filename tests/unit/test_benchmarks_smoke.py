@@ -14,7 +14,14 @@ import pandas as pd
 import pytest
 
 from benchmarks.cli import build_parser, main, run_mode
-from benchmarks.cold_start import _import_stack, _stack_figure, third_party_modules
+from benchmarks.cold_start import (
+    AwsStandIn,
+    _aws_environment,
+    _environment,
+    _import_stack,
+    _stack_figure,
+    third_party_modules,
+)
 from benchmarks.measure import Figure, summarize, time_calls
 from benchmarks.reference import (
     create_reference_app,
@@ -242,6 +249,35 @@ def test_stack_figure_is_the_highest_reachable_ratio() -> None:
     assert figure.runs == 3
     assert figure.ratio == 4.0
     assert "42 third-party modules" in figure.note
+
+
+@pytest.mark.parametrize("name", ["stage 1", "reference"])
+def test_aws_variant_reads_model_and_password_from_aws(tmp_path: Path, name: str) -> None:
+    workspace = SimpleNamespace(
+        bundle_dir=tmp_path / "bundle", reference_path=tmp_path / "reference.joblib",
+        database_url="postgresql+pg8000://bench%40user@127.0.0.1:5433/fraudbench_1",
+    )
+    aws = AwsStandIn("http://127.0.0.1:4566", "s3://bucket/bundles",
+                     "s3://bucket/reference/model.joblib", "arn:aws:secretsmanager:secret")
+    prefix = "REFERENCE_" if name == "reference" else ""
+
+    local = _environment(workspace, name, "http://127.0.0.1:9001")
+    changed = _aws_environment(workspace, name, local, aws)
+
+    assert f"{prefix}DATABASE_URL" in local
+    assert f"{prefix}DATABASE_URL" not in changed
+    assert changed["AWS_ENDPOINT_URL"] == "http://127.0.0.1:4566"
+    assert changed[f"{prefix}DATABASE_SECRET_ARN"] == "arn:aws:secretsmanager:secret"
+    assert changed[f"{prefix}DATABASE_HOST"] == "127.0.0.1"
+    assert changed[f"{prefix}DATABASE_PORT"] == "5433"
+    assert changed[f"{prefix}DATABASE_NAME"] == "fraudbench_1"
+    if name == "reference":
+        assert "REFERENCE_MODEL_PATH" not in changed
+        assert changed["REFERENCE_MODEL_URI"] == "s3://bucket/reference/model.joblib"
+    else:
+        assert changed["MODEL_URI"] == "s3://bucket/bundles"
+        assert changed["AWS_LAMBDA_INITIALIZATION_TYPE"] == "on-demand"
+        assert changed["STAGE2_ENDPOINT_URL"] == "http://127.0.0.1:9001"
 
 
 def test_header_shows_the_interpreter_speed() -> None:
