@@ -44,6 +44,21 @@ def test_repeat_returns_stored_decision(make_client, database_url, examples) -> 
     assert _rows(database_url, "repeat-1") == 1
 
 
+def test_negative_zero_repeats_zero(make_client, database_url, examples) -> None:  # type: ignore[no-untyped-def]
+    client = make_client(database_url=database_url)
+    features = dict(examples["uncertain"])
+    name = next(key for key, value in features.items() if value == 0)
+    first = client.post("/predict", json={"transaction_id": "zero-1", "features": features})
+
+    features[name] = -0.0
+    second = client.post("/predict", json={"transaction_id": "zero-1", "features": features})
+
+    assert first.status_code == 200, first.text
+    assert second.status_code == 200, second.text
+    assert second.json() == first.json()
+    assert _rows(database_url, "zero-1") == 1
+
+
 def test_reused_id_with_other_features_conflicts(make_client, database_url, examples) -> None:  # type: ignore[no-untyped-def]
     client = make_client(database_url=database_url)
     client.post("/predict", json={"transaction_id": "reuse-1",

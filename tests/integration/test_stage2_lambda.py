@@ -470,10 +470,9 @@ def test_concurrent_first_escalations_create_one_client(
         return created[-1]
 
     monkeypatch.setattr(stage2_client, "make_lambda_client", counting)
-    # The local endpoint's listen backlog is 5, so more threads would wait on connects.
-    client = LambdaStage2(FUNCTION_NAME, connect_timeout=READ_TIMEOUT, read_timeout=READ_TIMEOUT,
+    client = LambdaStage2(FUNCTION_NAME, connect_timeout=1.0, read_timeout=READ_TIMEOUT,
                           endpoint_url=server.endpoint_url, create_client_at_init=False)
-    threads = 4
+    threads = 16
     barrier = threading.Barrier(threads)
     results: list[list[float]] = []
 
@@ -543,10 +542,26 @@ def test_client_that_cannot_be_created_gets_the_failure_policy(
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["degraded"] is True
-    assert body["degraded_reason"] == "invoke_failed"
+    assert body["degraded_reason"] == "client_failed"
     assert body["stage"] == "stage1"
     assert body["manual_review"] is True
     assert server.requests == 0
+
+
+@pytest.mark.parametrize(
+    ("endpoint_url", "reason"),
+    [("127.0.0.1:3201", "client_failed"), ("http://127.0.0.1:abc", "invoke_failed"),
+     ("http://[::1", "client_failed")],
+)
+def test_unusable_endpoint_url_is_a_stage2_error(
+    bundle, rows, endpoint_url: str, reason: str
+) -> None:
+    client = LambdaStage2(FUNCTION_NAME, connect_timeout=1.0, read_timeout=READ_TIMEOUT,
+                          endpoint_url=endpoint_url, create_client_at_init=False)
+
+    error = _score_error(client, rows[:1], bundle.version)
+
+    assert error.reason == reason
 
 
 def test_client_that_cannot_be_created_at_init_is_reported(

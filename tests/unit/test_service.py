@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from fraudscore.breaker import CircuitBreaker
 from fraudscore.bundle import load_bundle
 from fraudscore.exceptions import AuditError, IdempotencyConflictError, Stage2Error
 from fraudscore.service import DecisionService, TransactionInput
@@ -131,6 +133,39 @@ def test_stage2_failure_degrades(bundle, examples, policy) -> None:  # type: ign
     assert decision.stage == "stage1"
     assert decision.fraud_probability == decision.stage1_probability
     assert decision.manual_review is (policy is Stage2FailurePolicy.REVIEW)
+
+
+class BrokenStage2:
+    def score(self, features, *, bundle_version, correlation_id):  # type: ignore[no-untyped-def]
+        raise RuntimeError("a bug in a stage-2 client")
+
+
+def test_unexpected_stage2_error_degrades(bundle, examples, caplog) -> None:  # type: ignore[no-untyped-def]
+    audit = RecordingAudit()
+    service = DecisionService(bundle, BrokenStage2(), audit)
+
+    with caplog.at_level(logging.ERROR, logger="fraudscore.service"):
+        decision = service.decide([TransactionInput("t", examples["uncertain"])]).decisions[0]
+
+    assert decision.degraded is True
+    assert decision.degraded_reason == "internal_error"
+    assert decision.stage == "stage1"
+    assert [record.transaction_id for record in audit.records] == ["t"]
+    assert "a bug in a stage-2 client" in caplog.text
+
+
+def test_breaker_opening_is_logged_once(bundle, examples, caplog) -> None:  # type: ignore[no-untyped-def]
+    service = DecisionService(bundle, FailingStage2(), None,
+                              breaker=CircuitBreaker(2, cooldown_seconds=60.0))
+
+    with caplog.at_level(logging.ERROR, logger="fraudscore.service"):
+        reasons = [service.decide([TransactionInput(f"t{i}", examples["uncertain"])])
+                   .decisions[0].degraded_reason for i in range(4)]
+
+    opened = [r for r in caplog.records if "circuit breaker opened" in r.getMessage()]
+    assert reasons == ["timeout", "timeout", "circuit_open", "circuit_open"]
+    assert len(opened) == 1
+    assert "timeout" in opened[0].getMessage()
 
 
 def test_nan_feature_never_reaches_models(bundle, examples) -> None:  # type: ignore[no-untyped-def]

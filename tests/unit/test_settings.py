@@ -46,3 +46,18 @@ def test_invalid_value_names_variable(variable: str, value: str) -> None:
 def test_lambda_mode_needs_function_name() -> None:
     with pytest.raises(ConfigurationError, match="STAGE2_FUNCTION_NAME is required"):
         Settings.from_env({"STAGE2_MODE": "lambda"})
+
+
+@pytest.mark.parametrize(
+    "url", ["127.0.0.1:3001", "http://127.0.0.1:abc", "http://[::1", "ftp://127.0.0.1:3001",
+            "http://"],
+)
+def test_unusable_stage2_endpoint_url_is_rejected(url: str) -> None:
+    with pytest.raises(ConfigurationError, match="STAGE2_ENDPOINT_URL"):
+        Settings.from_env({"STAGE2_ENDPOINT_URL": url})
+
+
+def test_stage2_endpoint_url_accepted() -> None:
+    settings = Settings.from_env({"STAGE2_ENDPOINT_URL": "http://127.0.0.1:3001"})
+
+    assert settings.stage2_endpoint_url == "http://127.0.0.1:3001"

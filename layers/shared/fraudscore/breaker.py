@@ -59,9 +59,13 @@ class CircuitBreaker:
             self._opened_at = None
             self._trial_in_flight = False
 
-    def record_failure(self) -> None:
+    def record_failure(self) -> bool:
+        """Count a failure; return True when this failure opened the breaker."""
         with self._lock:
             self._failures += 1
             self._trial_in_flight = False
             if self.threshold and self._failures >= self.threshold:
+                opened = self._opened_at is None
                 self._opened_at = self._clock()
+                return opened
+            return False

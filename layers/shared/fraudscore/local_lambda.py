@@ -107,6 +107,9 @@ class LambdaInvokeServer(ThreadingHTTPServer):
     """
 
     daemon_threads = True
+    # socketserver's default backlog of 5 made concurrent connects beyond it wait for a
+    # SYN retry (1 s), longer than stage 1's connect timeout.
+    request_queue_size = 128
 
     def __init__(
         self,

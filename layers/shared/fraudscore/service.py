@@ -110,9 +110,10 @@ def reject_conflicting_ids(transactions: Sequence[TransactionInput], matrix: np.
 def row_digests(matrix: np.ndarray) -> list[str]:
     """Return the SHA-256 of each row's float64 bytes, to compare repeated transactions.
 
-    All rows are read from one buffer of the 2-D ``matrix``.
+    All rows are read from one buffer of the 2-D ``matrix``. Adding 0.0 turns -0.0 into
+    0.0, so two values that compare equal give the same digest.
     """
-    raw = np.ascontiguousarray(matrix, dtype=np.float64).tobytes()
+    raw = (np.asarray(matrix, dtype=np.float64) + 0.0).tobytes()
     step = matrix.shape[1] * 8
     return [hashlib.sha256(raw[start:start + step]).hexdigest()
             for start in range(0, len(raw), step)]
@@ -302,11 +303,20 @@ class DecisionService:
             probability[escalated] = self.stage2.score(
                 matrix[escalated], bundle_version=self.bundle.version, correlation_id=request_id
             )
-        except Stage2Error as exc:
-            if self.breaker is not None:
-                self.breaker.record_failure()
-            logger.warning("stage 2 failed for request %s: %s", request_id, exc)
-            return _Stage2Outcome(probability, False, exc.reason,
+        except Exception as exc:
+            # Stage 2 only refines uncertain decisions: whatever it raises, the request
+            # keeps its stage-1 decision under the failure policy and is audited.
+            if isinstance(exc, Stage2Error):
+                reason = exc.reason
+                logger.warning("stage 2 failed for request %s: %s", request_id, exc)
+            else:
+                reason = "internal_error"
+                logger.exception("stage 2 raised an unexpected error for request %s", request_id)
+            if self.breaker is not None and self.breaker.record_failure():
+                logger.error("stage-2 circuit breaker opened after %d consecutive failures; "
+                             "stage 2 is skipped for %g s (last failure: %s)",
+                             self.breaker.threshold, self.breaker.cooldown_seconds, reason)
+            return _Stage2Outcome(probability, False, reason,
                                   (time.perf_counter() - started) * 1000.0)
         if self.breaker is not None:
             self.breaker.record_success()

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any
+from urllib.parse import urlsplit
 
 from fraudscore.exceptions import ConfigurationError
 
@@ -169,6 +170,21 @@ class Settings:
             raise ConfigurationError(
                 f"{Env.DATABASE_MAX_OVERFLOW} must be 0 or more, got {self.database_max_overflow}"
             )
+        if self.stage2_endpoint_url is not None:
+            _check_endpoint_url(Env.STAGE2_ENDPOINT_URL, self.stage2_endpoint_url)
+
+
+def _check_endpoint_url(name: str, url: str) -> None:
+    """Reject a URL that botocore could not use as an endpoint."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as exc:
+        raise ConfigurationError(f"{name} is not a valid URL: {url!r} ({exc})") from exc
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ConfigurationError(
+            f"{name} must be an http:// or https:// URL with a host, got {url!r}"
+        )
 
 
 _ENUMS: dict[str, type[StrEnum]] = {

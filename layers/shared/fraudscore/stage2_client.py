@@ -129,14 +129,13 @@ class LambdaStage2:
         Raises
         ------
         Stage2Error
-            With reason ``invoke_failed`` if botocore cannot create the client (no
+            With reason ``client_failed`` if botocore cannot create the client (no
             region configured, for example).
         """
         if self._client is None:
             with self._client_lock:
                 if self._client is None:
-                    logger.info("creating the Lambda client for %s on the first escalation",
-                                self.function_name)
+                    logger.info("creating the Lambda client for %s", self.function_name)
                     self._client = self._new_client()
         return self._client
 
@@ -196,7 +195,7 @@ class LambdaStage2:
             reason = "throttled" if code in {"TooManyRequestsException", "ThrottlingException"} \
                 else "invoke_failed"
             raise Stage2Error(reason, f"{self.function_name}: {code}") from exc
-        except BotoCoreError as exc:
+        except (BotoCoreError, ValueError) as exc:
             raise Stage2Error("invoke_failed", f"{self.function_name}: {exc}") from exc
 
     def _new_client(self) -> Any:
@@ -206,9 +205,10 @@ class LambdaStage2:
             return make_lambda_client(connect_timeout=self._connect_timeout,
                                       read_timeout=self._read_timeout,
                                       endpoint_url=self._endpoint_url)
-        except BotoCoreError as exc:
+        except (BotoCoreError, ValueError) as exc:
+            # botocore raises ValueError for an endpoint URL it cannot parse.
             logger.error("Lambda client for %s could not be created: %s", self.function_name, exc)
-            raise Stage2Error("invoke_failed", f"{self.function_name}: {exc}") from exc
+            raise Stage2Error("client_failed", f"{self.function_name}: {exc}") from exc
 
     def _read_body(self, response: dict[str, Any], correlation_id: str) -> Any:
         raw = response["Payload"].read()
