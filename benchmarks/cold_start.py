@@ -10,11 +10,11 @@ Without .pyc in the deployment, Python compiles every module it imports from the
 
 Stage 1 and the reference run as deployed, with audit rows written to PostgreSQL, so the
 first handler call includes connecting to the database and one INSERT. Without a reachable
-server both run with audit off, and the figures say so. The environment says
+server both run with audit off, and the figures say so. The environment sets
 ``AWS_LAMBDA_INITIALIZATION_TYPE=on-demand``, as Lambda does in a container started for a
 waiting request, so stage 1 creates its Lambda client on the first escalation. Its first
 request is one that stage 1 decides. A second stage-1 figure starts with a request that
-it escalates: that answer includes creating the client and one invoke of stage 2, which
+it escalates: that response includes creating the client and one invoke of stage 2, which
 this process serves, warm, behind a Lambda Invoke endpoint on 127.0.0.1.
 
 One more figure bounds the ratio that stage 1 can reach with its packages. A fresh process
@@ -151,7 +151,7 @@ class Variant:
     dirs: list[Path]
     environment: dict[str, str]
     event: Path
-    # The ``stage`` that the first answer must report, for API responses.
+    # The ``stage`` that the first response must report, for API responses.
     expect_stage: str | None = None
 
 

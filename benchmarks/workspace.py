@@ -68,7 +68,7 @@ SMOKE = Mode("smoke", scoring_runs=2_000, reference_scoring_runs=200, handler_ru
              sample_rows=2_000,
              train_days=7)
 FULL = Mode("full", scoring_runs=100_000, reference_scoring_runs=5_000, handler_runs=5_000,
-            reference_handler_runs=2_000, database_runs=2_000, cold_runs=5, server_requests=3_000,
+            reference_handler_runs=2_000, database_runs=2_000, cold_runs=11, server_requests=3_000,
             server_seconds=10.0, server_rounds=3, batch_sizes=(1_000, 10_000), batch_repeats=5,
             sample_rows=20_000, train_days=None)
 

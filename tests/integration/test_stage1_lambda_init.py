@@ -25,7 +25,7 @@ from fraudscore.stage2_service import Stage2Service
 ROOT = Path(__file__).resolve().parents[2]
 FUNCTION_NAME = "stage2"
 
-# Runs in the child: import the handler module, then answer two requests, noting after
+# Runs in the child: import the handler module, then send it two requests, noting after
 # each step whether botocore's client module has been imported (Powertools imports the
 # botocore package itself, which is small, to tag its user agent).
 _CHILD = r"""
@@ -93,7 +93,7 @@ def _start_stage1(bundle_dir: Path, endpoint: LambdaInvokeServer,
     [("on-demand", False), ("provisioned-concurrency", True), ("snap-start", True),
      (None, True)],
 )
-def test_botocore_client_is_imported_by_the_first_escalation_on_demand(
+def test_botocore_client_import_by_init_type(
     bundle_dir: Path, examples: dict[str, dict[str, float]], stage2_endpoint: LambdaInvokeServer,
     tmp_path: Path, initialization_type: str | None, botocore_at_init: bool,
 ) -> None:

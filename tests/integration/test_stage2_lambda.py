@@ -498,7 +498,7 @@ def test_concurrent_first_escalations_create_one_client(
     [("on-demand", False), ("provisioned-concurrency", True), ("snap-start", True),
      (None, True)],
 )
-def test_initialization_type_decides_when_the_client_is_created(
+def test_init_type_decides_client_creation(
     start_server, stage2_service, make_client, settings_factory, bundle,
     initialization_type: str | None, created_at_init: bool,
 ) -> None:
@@ -528,7 +528,7 @@ def test_initialization_type_decides_when_the_client_is_created(
     assert server.invocations == 1
 
 
-def test_client_that_cannot_be_created_gets_the_failure_policy(
+def test_client_failure_gets_failure_policy(
     start_server, stage2_service, make_client, bundle, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     server = _serve_stage2(start_server, stage2_service)
@@ -564,7 +564,7 @@ def test_unusable_endpoint_url_is_a_stage2_error(
     assert error.reason == reason
 
 
-def test_client_that_cannot_be_created_at_init_is_reported(
+def test_client_failure_at_init_reported(
     start_server, stage2_service, make_client, bundle, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     server = _serve_stage2(start_server, stage2_service)

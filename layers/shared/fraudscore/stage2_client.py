@@ -93,8 +93,8 @@ class LambdaStage2:
 
     With ``create_client_at_init=False`` the botocore client is created by the first
     escalation instead of the constructor. A container whose first requests stay in
-    stage 1 then answers them without importing botocore or building the client
-    (about 70 ms of a cold start on the benchmark machine when no other AWS client
+    stage 1 then serves them without importing botocore or building the client
+    (about 85 ms of a cold start on the benchmark machine when no other AWS client
     exists). The escalation that creates it waits that long once.
     """
 
