@@ -505,3 +505,23 @@ def test_client_disconnect_mid_body(
     assert sent[0]["status"] == 400
     assert "client disconnected after 14 body bytes of POST /predict" in caplog.text
     assert _audit_count(client) == before
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [[("content-type", JSON_TYPE), ("content-type", "text/plain")],
+     [("content-type", JSON_TYPE), ("content-encoding", "identity"),
+      ("content-encoding", "gzip")]],
+    ids=["content-type", "content-encoding"],
+)
+def test_repeated_content_header_rejected(make_client: ClientFactory,
+                                          headers: list[tuple[str, str]]) -> None:
+    client = make_client()
+    body = _body(client.get("/metadata").json())
+    before = _audit_count(client)
+
+    response = client.post("/predict", content=body, headers=headers)
+
+    assert response.status_code == 400, response.text
+    assert "more than once" in response.json()["detail"]
+    assert _audit_count(client) == before

@@ -125,7 +125,14 @@ class StrictJSONRoute(APIRoute):
 
 
 def _check_content_headers(request: Request) -> None:
-    """Raise 415 unless the body is declared as uncompressed UTF-8 ``application/json``."""
+    """Raise 415 unless the body is declared as uncompressed UTF-8 ``application/json``.
+
+    Raise 400 when the request repeats one of these headers, because its values might
+    disagree.
+    """
+    for header in ("content-type", "content-encoding"):
+        if len(request.headers.getlist(header)) > 1:
+            raise HTTPException(400, f"the {header} header is given more than once")
     media_type, *parameters = request.headers.get("content-type", "").split(";")
     media_type = media_type.strip()
     if media_type.lower() != "application/json":
