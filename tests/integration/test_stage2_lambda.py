@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import shutil
 import threading
 import time
@@ -564,19 +565,24 @@ def test_unusable_endpoint_url_is_a_stage2_error(
     assert error.reason == reason
 
 
-def test_client_failure_at_init_reported(
-    start_server, stage2_service, make_client, bundle, monkeypatch: pytest.MonkeyPatch
+def test_client_failure_at_init_degrades(
+    start_server, stage2_service, make_client, bundle, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     server = _serve_stage2(start_server, stage2_service)
     monkeypatch.delenv("AWS_DEFAULT_REGION")
-    client = _lambda_client(make_client, server)
+    with caplog.at_level(logging.ERROR, logger="fraudscore.stage2_client"):
+        client = _lambda_client(make_client, server)
 
-    predict = client.post("/predict", json={"features": _confident_example(bundle)})
-    health = client.get("/health")
+    confident = client.post("/predict", json={"features": _confident_example(bundle)})
+    escalated = client.post("/predict", json={"features": _uncertain_example(bundle)})
 
-    assert predict.status_code == 503, predict.text
-    assert health.status_code == 503, health.text
-    assert "region" in health.text.lower()
+    assert "could not be created" in caplog.text
+    assert confident.status_code == 200, confident.text
+    assert confident.json()["stage"] == "stage1"
+    assert escalated.status_code == 200, escalated.text
+    assert escalated.json()["degraded_reason"] == "client_failed"
+    assert server.requests == 0
 
 
 def test_bundle_refresh_keeps_the_lambda_client(

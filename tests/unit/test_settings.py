@@ -50,14 +50,19 @@ def test_lambda_mode_needs_function_name() -> None:
 
 @pytest.mark.parametrize(
     "url", ["127.0.0.1:3001", "http://127.0.0.1:abc", "http://[::1", "ftp://127.0.0.1:3001",
-            "http://"],
+            "http://", "http://exa mple:80", "http://exa%20mple:80", "http://127.0.0.1:0",
+            "http://127.0.0.1:3001/lambda?x=1", "http://[zz]:80"],
 )
 def test_unusable_stage2_endpoint_url_is_rejected(url: str) -> None:
     with pytest.raises(ConfigurationError, match="STAGE2_ENDPOINT_URL"):
         Settings.from_env({"STAGE2_ENDPOINT_URL": url})
 
 
-def test_stage2_endpoint_url_accepted() -> None:
-    settings = Settings.from_env({"STAGE2_ENDPOINT_URL": "http://127.0.0.1:3001"})
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:3001", "https://lambda.us-east-1.amazonaws.com",
+            "http://[::1]:3001", "http://localhost:3001/proxy"],
+)
+def test_stage2_endpoint_url_accepted(url: str) -> None:
+    settings = Settings.from_env({"STAGE2_ENDPOINT_URL": url})
 
-    assert settings.stage2_endpoint_url == "http://127.0.0.1:3001"
+    assert settings.stage2_endpoint_url == url

@@ -7,7 +7,9 @@ named in :class:`Env`, so the template, the docs and the code share one list.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
@@ -178,13 +180,30 @@ def _check_endpoint_url(name: str, url: str) -> None:
     """Reject a URL that botocore could not use as an endpoint."""
     try:
         parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+        port = parts.port
     except ValueError as exc:
         raise ConfigurationError(f"{name} is not a valid URL: {url!r} ({exc})") from exc
     if parts.scheme not in {"http", "https"} or not parts.hostname:
         raise ConfigurationError(
             f"{name} must be an http:// or https:// URL with a host, got {url!r}"
         )
+    if not (_HOST_NAME.fullmatch(parts.hostname) or _is_ip_address(parts.hostname)):
+        raise ConfigurationError(f"{name} has an invalid host name: {url!r}")
+    if port == 0:
+        raise ConfigurationError(f"{name} has port 0, which no server listens on: {url!r}")
+    if parts.query or parts.fragment:
+        raise ConfigurationError(f"{name} must not have a query or a fragment: {url!r}")
+
+
+_HOST_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
+
+
+def _is_ip_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 _ENUMS: dict[str, type[StrEnum]] = {

@@ -115,7 +115,12 @@ class LambdaStage2:
         self._client = client
         self._client_lock = threading.Lock()
         if self._client is None and create_client_at_init:
-            self._client = self._new_client()
+            try:
+                self._client = self._new_client()
+            except Stage2Error:
+                # Logged by _new_client. Escalations try again and, while the client
+                # cannot be created, keep their stage-1 decision under the failure policy.
+                pass
 
     @property
     def client_created(self) -> bool:
