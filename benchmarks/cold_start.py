@@ -10,7 +10,7 @@ Without .pyc in the deployment, Python compiles every module it imports from the
 
 Stage 1 and the reference run as deployed, with audit rows written to PostgreSQL, so the
 first handler call includes connecting to the database and one INSERT. Without a reachable
-server both run with audit off, and the figures say so. The environment sets
+server both run with audit off, and the figures state it. The environment sets
 ``AWS_LAMBDA_INITIALIZATION_TYPE=on-demand``, as Lambda does in a container started for a
 waiting request, so stage 1 creates its Lambda client on the first escalation. Its first
 request is one that stage 1 decides. A second stage-1 figure starts with a request that
@@ -203,29 +203,30 @@ def run(workspace: Workspace) -> list[Figure]:
 
 def _variants(workspace: Workspace, prepared: deployments.Deployments,
               events: dict[str, Path], endpoint_url: str, aws: AwsStandIn) -> list[Variant]:
+    def dirs(name: str, compiled: bool) -> list[Path]:
+        deployment = prepared.functions[name]
+        return [*(deployment.compiled_dirs if compiled else deployment.source_dirs),
+                prepared.runtime_dir]
+
+    def expect(name: str) -> str | None:
+        return "stage1" if name == "stage 1" else None
+
     variants = []
     for name in ("stage 1", "stage 2", "reference"):
-        deployment = prepared.functions[name]
         environment = _environment(workspace, name, endpoint_url)
-        expect = "stage1" if name == "stage 1" else None
         for compiled in (False, True):
-            dirs = [*(deployment.compiled_dirs if compiled else deployment.source_dirs),
-                    prepared.runtime_dir]
-            variants.append(Variant(name, compiled, deployment.module, dirs, environment,
-                                    events[name], expect))
-    stage1 = prepared.functions["stage 1"]
-    variants.append(Variant(ESCALATED, True, stage1.module,
-                            [*stage1.compiled_dirs, prepared.runtime_dir],
+            variants.append(Variant(name, compiled, prepared.functions[name].module,
+                                    dirs(name, compiled), environment, events[name],
+                                    expect(name)))
+    variants.append(Variant(ESCALATED, True, prepared.functions["stage 1"].module,
+                            dirs("stage 1", True),
                             _environment(workspace, "stage 1", endpoint_url),
                             events[ESCALATED], "stage2"))
     for name, variant_name in FROM_AWS.items():
-        deployment = prepared.functions[name]
-        environment = _aws_environment(workspace, name, _environment(workspace, name,
-                                                                     endpoint_url), aws)
-        variants.append(Variant(variant_name, True, deployment.module,
-                                [*deployment.compiled_dirs, prepared.runtime_dir],
-                                environment, events[name],
-                                "stage1" if name == "stage 1" else None))
+        environment = _aws_environment(workspace, name,
+                                       _environment(workspace, name, endpoint_url), aws)
+        variants.append(Variant(variant_name, True, prepared.functions[name].module,
+                                dirs(name, True), environment, events[name], expect(name)))
     return variants
 
 
@@ -319,6 +320,12 @@ def _total(sample: dict[str, Any]) -> float:
     return float(sample["import_ms"] + sample["first_ms"])
 
 
+def _start_note(start: dict[str, Any], detail: str = "") -> str:
+    """Describe a summarized cold start: import time, first answer time, modules loaded."""
+    return (f"import {start['import'].median:.0f} ms + first answer "
+            f"{start['first'].median:.0f} ms{detail}; {start['modules']} modules")
+
+
 def _summarize_starts(samples: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "total": summarize([_total(s) for s in samples]),
@@ -356,8 +363,7 @@ def _figures(measured: dict[tuple[str, bool], dict[str, Any]],
             figure = Figure(
                 GROUP, f"{name}, {label}{with_audit}", "ms", ours["total"].median, runs=runs,
                 reference=reference["total"].median,
-                note=f"import {ours['import'].median:.0f} ms + first answer "
-                     f"{ours['first'].median:.0f} ms; {ours['modules']} modules",
+                note=_start_note(ours),
                 extra={"import_profile_ms": profiles[name],
                        "reference_import_profile_ms": profiles["reference"]},
             )
@@ -371,19 +377,15 @@ def _figures(measured: dict[tuple[str, bool], dict[str, Any]],
                 figures.append(Figure(
                     GROUP, f"stage 1, .pyc shipped{with_audit}, first answer escalated", "ms",
                     escalated["total"].median, runs=runs, reference=reference["total"].median,
-                    note=f"import {escalated['import'].median:.0f} ms + first answer "
-                         f"{escalated['first'].median:.0f} ms, which creates the Lambda "
-                         "client and invokes stage 2 (warm, on 127.0.0.1); "
-                         f"{escalated['modules']} modules",
+                    note=_start_note(escalated, ", which creates the Lambda client and "
+                                                "invokes stage 2 (warm, on 127.0.0.1)"),
                 ))
     sources = "model in S3" + (", password in Secrets Manager" if with_secret else "")
     ours, reference = measured[(FROM_AWS["stage 1"], True)], measured[(FROM_AWS["reference"], True)]
     figures.append(Figure(
         GROUP, f"stage 1, .pyc shipped, {audit}, {sources}", "ms", ours["total"].median,
         runs=runs, reference=reference["total"].median,
-        note=f"import {ours['import'].median:.0f} ms + first answer "
-             f"{ours['first'].median:.0f} ms; S3 and Secrets Manager are moto's server on "
-             f"127.0.0.1; {ours['modules']} modules",
+        note=_start_note(ours, ". S3 and Secrets Manager are moto's server on 127.0.0.1"),
     ))
     for compiled in (False, True):
         reference = measured[("reference", compiled)]
@@ -391,15 +393,13 @@ def _figures(measured: dict[tuple[str, bool], dict[str, Any]],
         figures.append(Figure(
             GROUP, f"reference (one function), {label}, {audit}", "ms",
             reference["total"].median, runs=runs,
-            note=f"import {reference['import'].median:.0f} ms + first answer "
-                 f"{reference['first'].median:.0f} ms; {reference['modules']} modules",
+            note=_start_note(reference),
         ))
     reference = measured[(FROM_AWS["reference"], True)]
     figures.append(Figure(
         GROUP, f"reference (one function), .pyc shipped, {audit}, {sources}", "ms",
         reference["total"].median, runs=runs,
-        note=f"import {reference['import'].median:.0f} ms + first answer "
-             f"{reference['first'].median:.0f} ms, with boto3; {reference['modules']} modules",
+        note=_start_note(reference, ", with boto3"),
     ))
     return figures
 
@@ -427,8 +427,8 @@ def _environment(workspace: Workspace, name: str, endpoint_url: str) -> dict[str
     environment["MODEL_URI"] = str(workspace.bundle_dir)
     environment["AUDIT_ENABLED"] = "false"
     if name == "stage 1":
-        # As deployed: stage 2 is another function, so stage 1 creates a Lambda client,
-        # and every decision is audited.
+        # As deployed: stage 2 is another function, which stage 1 invokes through a Lambda
+        # client, and every decision is audited.
         environment["STAGE2_MODE"] = "lambda"
         environment["STAGE2_FUNCTION_NAME"] = STAGE2_FUNCTION_NAME
         environment["STAGE2_ENDPOINT_URL"] = endpoint_url
@@ -470,7 +470,7 @@ def _start(workspace: Workspace, module: str, dirs: list[Path], environment: dic
            extra_flags: tuple[str, ...] = ()) -> dict[str, Any]:
     """Run one fresh interpreter that imports ``module`` and calls its handler once.
 
-    With ``expect_stage``, the answer must be an undegraded decision of that stage.
+    With ``expect_stage``, the response must be an undegraded decision of that stage.
     """
     arguments = {"module": module, "event": str(event), "allowed": [str(d) for d in dirs]}
     outcome = _run_child(workspace, _CHILD, arguments, dirs, environment,
@@ -479,7 +479,7 @@ def _start(workspace: Workspace, module: str, dirs: list[Path], environment: dic
         raise RuntimeError(f"cold start of {module}: the first call did not succeed")
     if expect_stage is not None and (outcome["stage"], outcome["degraded"]) != (expect_stage,
                                                                               False):
-        raise RuntimeError(f"cold start of {module}: the first answer came from "
+        raise RuntimeError(f"cold start of {module}: the first response came from "
                            f"{outcome['stage']} (degraded: {outcome['degraded']}), "
                            f"expected {expect_stage}")
     if outcome["outside"]:

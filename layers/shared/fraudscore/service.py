@@ -303,24 +303,25 @@ class DecisionService:
             probability[escalated] = self.stage2.score(
                 matrix[escalated], bundle_version=self.bundle.version, correlation_id=request_id
             )
-        except Exception as exc:
+        except Stage2Error as exc:
+            logger.warning("stage 2 failed for request %s: %s", request_id, exc)
+            reason = exc.reason
+        except Exception:
             # Stage 2 only refines uncertain decisions: whatever it raises, the request
             # keeps its stage-1 decision under the failure policy and is audited.
-            if isinstance(exc, Stage2Error):
-                reason = exc.reason
-                logger.warning("stage 2 failed for request %s: %s", request_id, exc)
-            else:
-                reason = "internal_error"
-                logger.exception("stage 2 raised an unexpected error for request %s", request_id)
-            if self.breaker is not None and self.breaker.record_failure():
-                logger.error("stage-2 circuit breaker opened after %d consecutive failures; "
-                             "stage 2 is skipped for %g s (last failure: %s)",
-                             self.breaker.threshold, self.breaker.cooldown_seconds, reason)
-            return _Stage2Outcome(probability, False, reason,
+            logger.exception("stage 2 raised an unexpected error for request %s", request_id)
+            reason = "internal_error"
+        else:
+            if self.breaker is not None:
+                self.breaker.record_success()
+            return _Stage2Outcome(probability, True, None,
                                   (time.perf_counter() - started) * 1000.0)
-        if self.breaker is not None:
-            self.breaker.record_success()
-        return _Stage2Outcome(probability, True, None, (time.perf_counter() - started) * 1000.0)
+
+        if self.breaker is not None and self.breaker.record_failure():
+            logger.error("stage-2 circuit breaker opened after %d consecutive failures, so "
+                         "stage 2 is skipped for %g s (last failure: %s)",
+                         self.breaker.threshold, self.breaker.cooldown_seconds, reason)
+        return _Stage2Outcome(probability, False, reason, (time.perf_counter() - started) * 1000.0)
 
     def _build(
         self,

@@ -7,7 +7,6 @@ named in :class:`Env`, so the template, the docs and the code share one list.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -199,6 +198,9 @@ _HOST_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
 
 
 def _is_ip_address(host: str) -> bool:
+    # Imported here because only an IPv6 host needs it, and settings load on every cold start.
+    import ipaddress
+
     try:
         ipaddress.ip_address(host)
     except ValueError:

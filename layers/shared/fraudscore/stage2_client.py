@@ -212,7 +212,8 @@ class LambdaStage2:
                                       endpoint_url=self._endpoint_url)
         except (BotoCoreError, ValueError) as exc:
             # botocore raises ValueError for an endpoint URL it cannot parse.
-            logger.error("Lambda client for %s could not be created: %s", self.function_name, exc)
+            logger.error("Lambda client for %s could not be created: %s (check the AWS "
+                         "region and STAGE2_ENDPOINT_URL)", self.function_name, exc)
             raise Stage2Error("client_failed", f"{self.function_name}: {exc}") from exc
 
     def _read_body(self, response: dict[str, Any], correlation_id: str) -> Any:
